@@ -1,0 +1,1 @@
+"""claude-relay's mitmproxy addons: thin hook glue over relay_core."""

@@ -1,0 +1,57 @@
+"""Authenticates the team key in requestheaders, so an unknown caller never costs an upstream call."""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import http
+
+from addons.common import fail_closed
+from addons.common import state_of
+from addons.relay_runtime import RelayRuntime
+from relay_core.errors import store_unavailable
+from relay_core.errors import unauthenticated
+from relay_core.store import StoreError
+
+logger = logging.getLogger(__name__)
+
+
+def presented_key(headers: http.Headers) -> str | None:
+    """The team key from `x-api-key` or `Authorization: Bearer` (Claude Code may send either)."""
+    key = headers.get("x-api-key", "").strip()
+    if key:
+        return key
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+class Auth:
+    def __init__(self, shared: RelayRuntime) -> None:
+        self.shared = shared
+
+    @fail_closed
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        state = state_of(flow)
+        if state is None or not state.route.is_relayed:
+            return
+        key = presented_key(flow.request.headers)
+        if key is None:
+            raise unauthenticated(
+                "No team key given. Set ANTHROPIC_AUTH_TOKEN (or ANTHROPIC_API_KEY) to your relay team key."
+            )
+        runtime = self.shared.current()
+        try:
+            admission = await runtime.store.admit(runtime.keyring.hash_team_key(key))
+        except StoreError as exc:
+            logger.error("store unavailable during admission: %s", exc)
+            raise store_unavailable() from None
+        if admission is None:
+            raise unauthenticated("Invalid team key. Ask your relay admin for a valid key.")
+        if not admission.key.enabled:
+            raise unauthenticated(f"Team key {admission.key.name!r} is disabled. Ask your relay admin to enable it.")
+        state.key = admission.key
+        state.accounts = admission.accounts

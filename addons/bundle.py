@@ -1,0 +1,21 @@
+"""The relay's addon chain, in order. Load it with `mitmdump -s addons/bundle.py` or `relay serve`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from addons.auth import Auth
+from addons.fail_closed_gate import FailClosedGate
+from addons.relay_runtime import RelayRuntime
+from addons.router import Router
+from addons.service_endpoints import ServiceEndpoints
+from addons.usage_meter import UsageMeter
+from relay_core.runtime import Runtime
+
+
+def relay_addons(runtime: Runtime | None = None) -> list[Any]:
+    shared = RelayRuntime(runtime)
+    return [shared, ServiceEndpoints(shared), Auth(shared), Router(shared), UsageMeter(shared), FailClosedGate()]
+
+
+addons = relay_addons()

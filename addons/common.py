@@ -1,0 +1,48 @@
+"""Helpers every relay addon shares: the per-flow state and fail-closed refusals."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import http
+
+from relay_core.errors import RelayError
+from relay_core.errors import internal_error
+from relay_core.flow_state import METADATA_KEY
+from relay_core.flow_state import FlowState
+
+logger = logging.getLogger(__name__)
+
+
+def state_of(flow: http.HTTPFlow) -> FlowState | None:
+    return flow.metadata.get(METADATA_KEY)
+
+
+def refuse(flow: http.HTTPFlow, error: RelayError) -> None:
+    """Answer the flow locally with an Anthropic-shaped error; nothing goes upstream."""
+    state = state_of(flow)
+    request_id = state.request_id if state else "req_relay_unknown"
+    flow.response = http.Response.make(error.status, error.body(request_id), error.headers(request_id))
+    flow.metadata["relay.refused"] = error.error_type
+
+
+def fail_closed(
+    hook: Callable[[Any, http.HTTPFlow], Awaitable[None]],
+) -> Callable[[Any, http.HTTPFlow], Awaitable[None]]:
+    """mitmproxy lets a flow go on when a hook raises; these hooks answer an error instead."""
+
+    @functools.wraps(hook)
+    async def guarded(self: Any, flow: http.HTTPFlow) -> None:
+        try:
+            await hook(self, flow)
+        except RelayError as exc:
+            refuse(flow, exc)
+        except Exception:
+            logger.exception("%s.%s failed; refusing the request", type(self).__name__, hook.__name__)
+            refuse(flow, internal_error())
+
+    return guarded

@@ -1,0 +1,60 @@
+"""Owns the relay's settings, keyring and store connection for the other addons."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from mitmproxy import ctx
+from mitmproxy import exceptions
+
+from relay_core.runtime import Runtime
+from relay_core.runtime import SecretMismatchError
+from relay_core.runtime import load_settings
+from relay_core.store import StoreError
+
+logger = logging.getLogger(__name__)
+
+
+class RelayRuntime:
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        self._runtime = runtime
+
+    def current(self) -> Runtime:
+        """A method, not a property: mitmproxy inspects every attribute of an addon at load time."""
+        if self._runtime is None:
+            raise RuntimeError("relay runtime not configured")
+        return self._runtime
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "relay_config",
+            Optional[str],  # noqa: UP045
+            None,
+            "TOML file with relay settings (RELAY_* environment variables override it).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "relay_config" not in updated:
+            return
+        if self._runtime is not None and ctx.options.relay_config is None:
+            return  # built by `relay serve` and handed in
+        try:
+            self._runtime = Runtime(load_settings(ctx.options.relay_config))
+        except Exception as exc:
+            raise exceptions.OptionsError(f"claude-relay cannot start: {exc}") from exc
+
+    async def running(self) -> None:
+        try:
+            await self.current().check_secret()
+        except (SecretMismatchError, StoreError) as exc:
+            logger.error("claude-relay cannot start: %s", exc)
+            ctx.master.shutdown()
+            return
+        server = ctx.master.addons.get("proxyserver")
+        for host, port, *_ in server.listen_addrs() if server else []:
+            logger.info("claude-relay listening at %s:%d", host, port)
+
+    async def done(self) -> None:
+        if self._runtime is not None:
+            await self._runtime.close()

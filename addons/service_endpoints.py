@@ -1,0 +1,67 @@
+"""Answers the relay's own endpoints and refuses anything it does not relay, before any auth."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from mitmproxy import http
+
+from addons.common import fail_closed
+from addons.common import refuse
+from addons.relay_runtime import RelayRuntime
+from relay_core.errors import RelayError
+from relay_core.errors import too_large
+from relay_core.flow_state import METADATA_KEY
+from relay_core.flow_state import FlowState
+from relay_core.routes import Route
+from relay_core.routes import classify
+from relay_core.store import StoreError
+
+logger = logging.getLogger(__name__)
+
+JSON = {"content-type": "application/json"}
+
+
+class ServiceEndpoints:
+    def __init__(self, shared: RelayRuntime) -> None:
+        self.shared = shared
+
+    @fail_closed
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        state = FlowState(route=classify(flow.request.method, flow.request.path))
+        flow.metadata[METADATA_KEY] = state
+        settings = self.shared.current().settings
+        length = flow.request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > settings.max_body_bytes:
+            raise too_large(settings.max_body_bytes)
+        match state.route:
+            case Route.PROBE:
+                flow.response = http.Response.make(200, b"", {"content-type": "text/plain"})
+            case Route.TELEMETRY:
+                flow.response = http.Response.make(200, b'{"success":true}', JSON)
+            case Route.HEALTH:
+                await self._health(flow)
+            case Route.UNKNOWN:
+                raise RelayError(
+                    404, "not_found_error", f"The relay does not serve {flow.request.method} {flow.request.path}."
+                )
+
+    async def _health(self, flow: http.HTTPFlow) -> None:
+        try:
+            store_ok = await self.shared.current().store.ping()
+        except StoreError:
+            store_ok = False
+        body = {"status": "ok" if store_ok else "degraded", "store": "ok" if store_ok else "unreachable"}
+        flow.response = http.Response.make(200 if store_ok else 503, json.dumps(body).encode(), JSON)
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """Bodies sent without a length (chunked) are checked against the limit once read."""
+        if flow.response or flow.error or not flow.live:
+            return
+        limit = self.shared.current().settings.max_body_bytes
+        if flow.request.raw_content is not None and len(flow.request.raw_content) > limit:
+            refuse(flow, too_large(limit))

@@ -1,0 +1,41 @@
+"""Runs one admin operation against the store, turning store trouble into a readable CLI error."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from collections.abc import Callable
+
+import click
+
+from relay_core.crypto import SecretError
+from relay_core.embedded_store import EmbeddedStoreError
+from relay_core.runtime import Runtime
+from relay_core.runtime import SecretMismatchError
+from relay_core.runtime import load_settings
+from relay_core.store import NameTakenError
+from relay_core.store import StoreError
+
+
+def open_runtime() -> Runtime:
+    config = click.get_current_context().find_root().params.get("config")
+    try:
+        return Runtime(load_settings(config))
+    except (SecretError, EmbeddedStoreError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def run[T](operation: Callable[[Runtime], Awaitable[T]]) -> T:
+    runtime = open_runtime()
+
+    async def main() -> T:
+        try:
+            await runtime.check_secret()
+            return await operation(runtime)
+        finally:
+            await runtime.store.close()
+
+    try:
+        return asyncio.run(main())
+    except (StoreError, SecretMismatchError, NameTakenError) as exc:
+        raise click.ClickException(str(exc)) from exc

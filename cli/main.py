@@ -1,0 +1,28 @@
+"""Entry point of the `relay` command."""
+
+from __future__ import annotations
+
+import click
+
+from cli.accounts import accounts
+from cli.keys import keys
+from cli.serve import serve
+from cli.usage import usage
+
+
+@click.group()
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar="RELAY_CONFIG",
+    help="TOML settings file (RELAY_* environment variables override it)",
+)
+def main(config: str | None) -> None:
+    """claude-relay: share Claude subscriptions and API keys across a team."""
+
+
+main.add_command(serve)
+main.add_command(keys)
+main.add_command(accounts)
+main.add_command(usage)

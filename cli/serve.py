@@ -1,0 +1,79 @@
+"""`relay serve`: mitmproxy's proxy core with only the built-in addons the relay needs, plus ours.
+
+mitmdump loads about thirty built-in addons and every hook visits each of them; the relay needs
+four. The reverse-proxy target is a dead end on purpose: only the router sends flows anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import click
+from mitmproxy import options
+from mitmproxy.addons import core
+from mitmproxy.addons import next_layer
+from mitmproxy.addons import proxyserver
+from mitmproxy.addons import tlsconfig
+from mitmproxy.master import Master
+
+from addons.bundle import relay_addons
+from cli.context import open_runtime
+from relay_core.runtime import Runtime
+from relay_core.settings import Settings
+
+DEAD_END_TARGET = "http://127.0.0.1:9"
+logger = logging.getLogger(__name__)
+
+
+async def run_proxy(runtime: Runtime) -> None:
+    settings = runtime.settings
+    master = Master(options.Options())
+    master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig())
+    master.addons.add(*relay_addons(runtime))
+    confdir = settings.data_dir / "mitmproxy"
+    confdir.mkdir(parents=True, exist_ok=True)
+    master.options.update(
+        mode=[f"reverse:{DEAD_END_TARGET}@{settings.listen_host}:{settings.listen_port}"],
+        connection_strategy="lazy",
+        confdir=str(confdir),
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, master.shutdown)
+    await master.run()
+
+
+@click.command()
+@click.option("--listen", default=None, help="host:port (default: RELAY_LISTEN or 127.0.0.1:8080)")
+def serve(listen: str | None) -> None:
+    """Run the relay."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime = open_runtime()
+    if listen:
+        try:
+            runtime.settings = Settings(listen=listen)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--listen") from None
+    asyncio.run(run_proxy(runtime), loop_factory=loop_factory())
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed and compatible with mitmproxy's eager task factory, else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+
+    async def probe() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
+        await asyncio.create_task(asyncio.sleep(0), name="probe")
+
+    try:
+        asyncio.run(probe(), loop_factory=uvloop.new_event_loop)
+    except TypeError:
+        logger.warning("uvloop %s cannot run mitmproxy's eager tasks; using asyncio's loop", uvloop.__version__)
+        return None
+    return uvloop.new_event_loop

@@ -1,0 +1,80 @@
+"""Turning what a response showed into one usage record."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+
+from relay_core.flow_state import FlowState
+from relay_core.pricing import price_usd
+from relay_core.sse import SseUsageMeter
+from relay_core.store import UsageRecord
+from relay_core.usage import TokenUsage
+
+CHARS_PER_TOKEN = 4
+
+
+def _clean_model(model: str | None) -> str:
+    return (model or "unknown").replace("|", "_")[:120]
+
+
+def record_from_stream(
+    state: FlowState, meter: SseUsageMeter, status: int, complete: bool, overrides: dict[str, dict[str, float]]
+) -> UsageRecord:
+    """A stream's usage; when it was cut before `message_delta`, output is estimated from the text."""
+    usage = meter.usage
+    estimated = False
+    if meter.saw_message_start and not meter.saw_message_delta and meter.output_chars:
+        usage.output_tokens = max(usage.output_tokens, meter.output_chars // CHARS_PER_TOKEN)
+        estimated = True
+    model = _clean_model(meter.model or state.request_model)
+    return _record(
+        state,
+        model,
+        usage,
+        overrides,
+        failed=status >= 400 or meter.error is not None,
+        partial=not complete,
+        estimated=estimated,
+    )
+
+
+def record_from_body(
+    state: FlowState, body: bytes | None, status: int, overrides: dict[str, dict[str, float]]
+) -> UsageRecord:
+    usage = TokenUsage()
+    model = state.request_model
+    try:
+        payload = json.loads(body or b"")
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    if isinstance(payload, dict):
+        usage.merge(payload.get("usage"))
+        if isinstance(payload.get("model"), str):
+            model = payload["model"]
+    return _record(state, _clean_model(model), usage, overrides, failed=status >= 400)
+
+
+def _record(
+    state: FlowState,
+    model: str,
+    usage: TokenUsage,
+    overrides: dict[str, dict[str, float]],
+    *,
+    failed: bool,
+    partial: bool = False,
+    estimated: bool = False,
+) -> UsageRecord:
+    assert state.key is not None and state.account is not None
+    return UsageRecord(
+        at=time.time(),
+        key_id=state.key.id,
+        account_id=state.account.id,
+        model=model,
+        usage=usage,
+        cost_usd=price_usd(model, usage, overrides) if not usage.is_empty() else Decimal(0),
+        failed=failed,
+        partial=partial,
+        estimated=estimated,
+    )

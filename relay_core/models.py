@@ -1,0 +1,46 @@
+"""Stored records. Each is kept as one JSON value in a store hash, so one read returns all of them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+
+from pydantic import BaseModel
+from pydantic import Field
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class TeamKey(BaseModel):
+    id: str = Field(default_factory=new_id)
+    name: str
+    key_hash: str
+    hint: str = Field(description="first characters of the key, enough to recognise it, not to use it")
+    enabled: bool = True
+    note: str = ""
+    created_at: float = Field(default_factory=time.time)
+
+
+class AccountKind(StrEnum):
+    OAUTH = "oauth"
+    CONSOLE = "console"
+
+
+class Account(BaseModel):
+    id: str = Field(default_factory=new_id)
+    name: str
+    kind: AccountKind
+    priority: int = Field(50, description="higher is tried first")
+    weight: int = Field(1, ge=1)
+    base_url: str | None = None
+    enabled: bool = True
+    sealed_secret: str = Field(description="OAuth access token or API key, sealed with the server secret")
+    sealed_refresh_token: str | None = None
+    expires_at: float | None = Field(None, description="access-token expiry, epoch seconds")
+    created_at: float = Field(default_factory=time.time)
+
+    def is_expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now

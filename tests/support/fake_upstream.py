@@ -1,0 +1,203 @@
+"""A fake Anthropic API: a real HTTP/1.1 server on loopback that records what reached it.
+
+By default it answers /v1/messages like the real API (SSE when `stream` is true, JSON otherwise)
+with the usage set on `usage`; a test can install its own `handler` for anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass
+from dataclasses import field
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    chunks: Iterable[bytes] | None = None  # streamed with chunked encoding when set
+    chunk_delay: float = 0.0
+
+
+DEFAULT_USAGE = {
+    "input_tokens": 12,
+    "output_tokens": 7,
+    "cache_read_input_tokens": 0,
+    "cache_creation_input_tokens": 0,
+    "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+}
+
+
+def sse_frames(model: str, usage: dict[str, Any], text: str = "Hello from the fake upstream!") -> list[bytes]:
+    """A format-accurate Messages stream: message_start carries input/cache usage, message_delta the total."""
+    start_usage = {**usage, "output_tokens": 1}
+    events: list[tuple[str, dict[str, Any]]] = [
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": start_usage,
+                },
+            },
+        ),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        ("ping", {"type": "ping"}),
+    ]
+    for word in text.split(" "):
+        events.append(
+            (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word + " "}},
+            )
+        )
+    delta_usage = {k: v for k, v in usage.items() if k in ("input_tokens", "cache_read_input_tokens", "output_tokens")}
+    delta_usage["cache_creation_input_tokens"] = usage.get("cache_creation_input_tokens", 0)
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": delta_usage,
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
+
+
+def message_json(model: str, usage: dict[str, Any], text: str = "Hello from the fake upstream!") -> bytes:
+    return json.dumps(
+        {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": usage,
+        }
+    ).encode()
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.requests: list[Seen] = []
+        self.usage: dict[str, Any] = dict(DEFAULT_USAGE)
+        self.handler: Callable[[Seen], Reply] | None = None
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeUpstream:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+        self.usage = dict(DEFAULT_USAGE)
+        self.handler = None
+
+    def default_reply(self, seen: Seen) -> Reply:
+        if seen.path.startswith("/v1/models"):
+            return Reply(body=json.dumps({"data": [], "first_id": None, "last_id": None, "has_more": False}).encode())
+        if seen.path.startswith("/v1/messages/count_tokens"):
+            return Reply(body=b'{"input_tokens": 42}')
+        body = seen.json()
+        model = body.get("model", "claude-sonnet-4-5-20250929")
+        if body.get("stream"):
+            return Reply(headers={"content-type": "text/event-stream"}, chunks=sse_frames(model, self.usage))
+        return Reply(body=message_json(model, self.usage))
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                seen = Seen(
+                    self.command,
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    self.rfile.read(length) if length else b"",
+                )
+                with upstream._lock:
+                    upstream.requests.append(seen)
+                reply = (upstream.handler or upstream.default_reply)(seen)
+                self.send_response(reply.status)
+                headers = {"content-type": "application/json", "request-id": "req_fake", **reply.headers}
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                if reply.chunks is None:
+                    self.send_header("content-length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                    return
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                try:
+                    for chunk in reply.chunks:
+                        if reply.chunk_delay:
+                            time.sleep(reply.chunk_delay)
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+
+            do_GET = do_POST = do_HEAD = _serve
+
+        return Handler

@@ -1,0 +1,91 @@
+"""Runs the relay as a real process (`relay serve`, or plain `mitmdump -s addons/bundle.py`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LISTENING = re.compile(r"claude-relay listening at 127\.0\.0\.1:(\d+)")
+
+
+class RelayProcess:
+    """One relay process on a free loopback port; its output is kept for assertions."""
+
+    def __init__(self, env: dict[str, str], engine: str = "serve", extra_scripts: Sequence[Path] = ()) -> None:
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.engine = engine
+        self.extra_scripts = list(extra_scripts)
+        self.output: list[str] = []
+        self.port: int | None = None
+        self._proc: subprocess.Popen[str] | None = None
+
+    def command(self) -> list[str]:
+        if self.engine == "serve":
+            return [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0"]
+        confdir = Path(self.env["RELAY_DATA_DIR"]) / "mitmproxy"
+        command = [
+            str(BIN / "mitmdump"),
+            "--mode", "reverse:http://127.0.0.1:9@127.0.0.1:0",
+            "-s", str(ROOT / "addons" / "bundle.py"),
+            "--set", "connection_strategy=lazy",
+            "--set", "flow_detail=0",
+            "--set", f"confdir={confdir}",
+        ]  # fmt: skip
+        for script in self.extra_scripts:
+            command += ["-s", str(script)]
+        return command
+
+    def start(self, timeout: float = 30) -> RelayProcess:
+        self._proc = subprocess.Popen(
+            self.command(), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+        )
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self._proc and self._proc.stdout
+            for line in self._proc.stdout:
+                self.output.append(line)
+                match = LISTENING.search(line)
+                if match:
+                    self.port = int(match.group(1))
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        ready.wait(timeout)
+        if self.port is None:
+            self.stop()
+            raise RuntimeError("relay did not start:\n" + "".join(self.output))
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def stop(self, timeout: float = 10) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+    def wait_for_output(self, needle: str, timeout: float = 5) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log():
+                return True
+            time.sleep(0.02)
+        return False
