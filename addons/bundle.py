@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from addons.auth import Auth
-from addons.fail_closed_gate import FailClosedGate
 from addons.relay_runtime import RelayRuntime
 from addons.router import Router
 from addons.service_endpoints import ServiceEndpoints
@@ -15,7 +14,8 @@ from relay_core.runtime import Runtime
 
 def relay_addons(runtime: Runtime | None = None) -> list[Any]:
     shared = RelayRuntime(runtime)
-    return [shared, ServiceEndpoints(shared), Auth(shared), Router(shared), UsageMeter(shared), FailClosedGate()]
+    # RelayRuntime appends FailClosedGate at the very end of mitmproxy's chain once everything is loaded.
+    return [shared, ServiceEndpoints(shared), Auth(shared), Router(shared), UsageMeter(shared)]
 
 
 addons = relay_addons()

@@ -8,6 +8,7 @@ from typing import Optional
 from mitmproxy import ctx
 from mitmproxy import exceptions
 
+from addons.fail_closed_gate import FailClosedGate
 from relay_core.runtime import Runtime
 from relay_core.runtime import SecretMismatchError
 from relay_core.runtime import load_settings
@@ -51,6 +52,10 @@ class RelayRuntime:
             logger.error("claude-relay cannot start: %s", exc)
             ctx.master.shutdown()
             return
+        if ctx.master.addons.get("failclosedgate") is None:
+            # Appended now, after every other addon, as its own chain entry: under `mitmdump -s` a
+            # script's addons share one entry, and a hook that raises skips the rest of that entry.
+            ctx.master.addons.add(FailClosedGate())
         server = ctx.master.addons.get("proxyserver")
         for host, port, *_ in server.listen_addrs() if server else []:
             logger.info("claude-relay listening at %s:%d", host, port)

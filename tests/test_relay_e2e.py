@@ -227,3 +227,46 @@ def test_upstream_errors_pass_through_unmodified(relay: RelayProcess, admin: Adm
     assert (status, body) == (400, error_body)
     row = single_row(admin)
     assert (row["requests"], row["errors"], row["input_tokens"]) == (1, 1, 0)
+
+
+def test_usage_report_cli_groups_and_formats(
+    relay: RelayProcess,
+    admin: Admin,
+    upstream: FakeUpstream,
+    relay_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import csv
+    import io
+
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    key = admin.create_key("ivy")
+    admin.add_account("console-1", "sk-ant-api03-k")
+    upstream.usage = dict(OPUS_USAGE)
+    sdk = client(relay, key)
+    sdk.messages.create(model="claude-opus-4-8", max_tokens=5, messages=MESSAGES)
+    with sdk.messages.stream(model="claude-opus-4-8", max_tokens=5, messages=MESSAGES) as stream:
+        stream.until_done()
+    admin.wait_for_requests(2)
+
+    for name, value in relay_env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["usage", "--by", "model", "--format", "json"], catch_exceptions=False)
+    (row,) = json.loads(result.output)
+    assert row["model"] == "claude-opus-4-8"
+    expected = {
+        "requests": 2,
+        "input_tokens": 2468,
+        "output_tokens": 642,
+        "cache_read_input_tokens": 60000,
+        "cache_creation_input_tokens": 4000,
+    }
+    assert {name: row[name] for name in expected} == expected
+    assert row["cost_usd"] == pytest.approx(2 * 0.04357, abs=1e-9)
+
+    result = CliRunner().invoke(main, ["usage", "--by", "key", "--key", "ivy", "--format", "csv"])
+    (csv_row,) = list(csv.DictReader(io.StringIO(result.output)))
+    assert (csv_row["key"], csv_row["requests"]) == ("ivy", "2")

@@ -1,0 +1,131 @@
+"""The admin CLI on the embedded Valkey, as `make run` uses it: no Redis URL, one data directory."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from cli.main import main
+from relay_core.embedded_store import socket_path
+from relay_core.embedded_store import stop_embedded_store
+from tests.support.relay_process import RelayProcess
+
+
+@pytest.fixture
+def data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("cli")
+    for name in ("RELAY_REDIS_URL", "RELAY_SECRET_KEY", "RELAY_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RELAY_DATA_DIR", str(path))
+    yield path
+    stop_embedded_store(path)
+
+
+def relay(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def raw_store_dump(data_dir: Path) -> bytes:
+    client = redis.Redis(unix_socket_path=str(socket_path(data_dir)))
+    dump = b""
+    for name in client.keys("*"):
+        dump += name + repr(client.dump(name)).encode()
+        kind = client.type(name)
+        if kind == b"hash":
+            dump += b"".join(k + v for k, v in client.hgetall(name).items())
+    client.close()
+    return dump
+
+
+def test_keys_lifecycle_shows_the_secret_once(data_dir: Path) -> None:
+    created = json.loads(relay("keys", "create", "alice", "--note", "Alice A.", "--format", "json"))
+    secret = created["key"]
+    assert secret.startswith("rk-") and len(secret) > 40
+    assert (data_dir / "secret.key").stat().st_mode & 0o777 == 0o600
+
+    listed = relay("keys", "list") + relay("keys", "list", "--format", "json") + relay("keys", "show", "alice")
+    assert "alice" in listed and secret not in listed
+    assert json.loads(relay("keys", "show", "alice", "--format", "json"))["enabled"] is True
+
+    relay("keys", "disable", "alice")
+    assert json.loads(relay("keys", "show", "alice", "--format", "json"))["enabled"] is False
+    relay("keys", "enable", "alice")
+
+    rotated = json.loads(relay("keys", "rotate", "alice", "--format", "json"))["key"]
+    assert rotated != secret
+    assert secret.encode() not in raw_store_dump(data_dir)
+    assert rotated.encode() not in raw_store_dump(data_dir)
+
+    duplicate = CliRunner().invoke(main, ["keys", "create", "alice"])
+    assert duplicate.exit_code != 0 and "already exists" in duplicate.output
+
+    relay("keys", "delete", "alice", "--yes")
+    assert json.loads(relay("keys", "list", "--format", "json")) == []
+    missing = CliRunner().invoke(main, ["keys", "show", "alice"])
+    assert missing.exit_code != 0 and "no team key named 'alice'" in missing.output
+
+
+def test_accounts_never_print_or_store_their_secrets_in_clear(data_dir: Path) -> None:
+    api_key, access, refresh = "sk-ant-api03-SECRETKEY", "sk-ant-oat01-SECRETACCESS", "sk-ant-ort01-SECRETREFRESH"
+    out = relay("accounts", "add-console", "console-1", "--api-key", api_key, "--priority", "60")
+    out += relay("accounts", "add-token", "max-1", "--access-token", access, "--refresh-token", refresh,
+                 "--expires-in", "3600", "--format", "json")  # fmt: skip
+    out += relay("accounts", "list") + relay("accounts", "show", "max-1")
+    rows = json.loads(relay("accounts", "list", "--format", "json"))
+    assert [(r["name"], r["kind"], r["state"], r["priority"]) for r in rows] == [
+        ("console-1", "console", "active", 60),
+        ("max-1", "oauth", "active", 50),
+    ]
+    assert rows[1]["refreshable"] is True and rows[1]["expires_at"]
+    store = raw_store_dump(data_dir)
+    for secret in (api_key, access, refresh):
+        assert secret not in out
+        assert secret.encode() not in store
+
+    relay("accounts", "disable", "max-1")
+    assert json.loads(relay("accounts", "show", "max-1", "--format", "json"))["state"] == "disabled"
+    relay("accounts", "delete", "max-1", "--yes")
+    assert [r["name"] for r in json.loads(relay("accounts", "list", "--format", "json"))] == ["console-1"]
+
+    bad = CliRunner().invoke(main, ["accounts", "add-console", "x", "--api-key", "k", "--base-url", "ftp://nope"])
+    assert bad.exit_code != 0 and "http(s)" in bad.output
+
+
+def test_embedded_store_persists_across_restarts(data_dir: Path) -> None:
+    relay("keys", "create", "persisted")
+    assert stop_embedded_store(data_dir)
+    assert not socket_path(data_dir).exists() or not stop_embedded_store(data_dir)
+    assert [k["name"] for k in json.loads(relay("keys", "list", "--format", "json"))] == ["persisted"]
+
+
+def test_changed_secret_is_refused_clearly(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay("keys", "create", "k1")
+    monkeypatch.setenv("RELAY_SECRET_KEY", "another-secret-that-is-long-enough-0123456789")
+    result = CliRunner().invoke(main, ["keys", "list"])
+    assert result.exit_code != 0
+    assert "does not match" in result.output
+
+
+def test_usage_report_formats_on_an_empty_store(data_dir: Path) -> None:
+    assert json.loads(relay("usage", "--by", "model", "--format", "json")) == []
+    assert relay("usage", "--format", "csv") == ""
+    assert "(none)" in relay("usage")
+
+
+def test_serve_on_embedded_store_answers_health(data_dir: Path) -> None:
+    process = RelayProcess({"RELAY_DATA_DIR": str(data_dir)}).start()
+    try:
+        with urllib.request.urlopen(process.url + "/health", timeout=5) as response:
+            assert json.loads(response.read()) == {"status": "ok", "store": "ok"}
+        relay("keys", "create", "while-running")  # the CLI shares the relay's embedded store
+        assert "while-running" in relay("keys", "list")
+    finally:
+        process.stop()

@@ -1,0 +1,141 @@
+"""Unit tests of relay_core's pure parts: pricing, headers, routes, crypto, scheduling."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from decimal import Decimal
+
+import pytest
+
+from relay_core.crypto import DecryptError
+from relay_core.crypto import Keyring
+from relay_core.errors import RelayError
+from relay_core.models import Account
+from relay_core.models import AccountKind
+from relay_core.pricing import price_usd
+from relay_core.request_body import parse_message_request
+from relay_core.routes import Route
+from relay_core.routes import classify
+from relay_core.scheduler import choose_account
+from relay_core.upstream import Target
+from relay_core.upstream import credential_headers
+from relay_core.upstream import is_dropped
+from relay_core.upstream import merge_beta
+from relay_core.upstream import target_of
+from relay_core.usage import TokenUsage
+
+
+def usage(**counts: int) -> TokenUsage:
+    return TokenUsage(**counts)
+
+
+def test_acceptance_price_example() -> None:
+    cost = price_usd(
+        "claude-opus-4-8",
+        usage(input_tokens=1234, output_tokens=321, cache_read_input_tokens=30000,
+              cache_write_5m_tokens=1500, cache_write_1h_tokens=500),
+        {},
+    )  # fmt: skip
+    assert cost == Decimal("0.04357")
+
+
+def test_price_ignores_1m_suffix_and_uses_overrides_for_unknown_models() -> None:
+    tokens = usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    assert price_usd("claude-sonnet-4-5-20250929[1m]", tokens, {}) == price_usd(
+        "claude-sonnet-4-5-20250929", tokens, {}
+    )
+    assert price_usd("my-local-model", tokens, {}) is None
+    assert price_usd("my-local-model", tokens, {"my-local-model": {"input": 1, "output": 2}}) == Decimal(3)
+
+
+def test_sonnet_4_5_long_context_pays_the_premium() -> None:
+    short = price_usd("claude-sonnet-4-5-20250929", usage(input_tokens=100_000, output_tokens=1000), {})
+    long = price_usd("claude-sonnet-4-5-20250929", usage(input_tokens=300_000, output_tokens=1000), {})
+    assert short == Decimal("0.315")  # 100k x $3 + 1k x $15
+    assert long == Decimal("1.8225")  # 300k x $6 + 1k x $22.50
+
+
+def test_merge_beta_keeps_order_and_adds_once() -> None:
+    assert merge_beta(None, "oauth-2025-04-20") == "oauth-2025-04-20"
+    assert merge_beta("a, b,a", "oauth") == "a,b,oauth"
+    assert merge_beta("oauth,b", "oauth") == "oauth,b"
+
+
+def test_client_credentials_and_proxy_hints_are_dropped() -> None:
+    for name in ("Authorization", "X-Api-Key", "Cookie", "X-Forwarded-For", "CF-Connecting-IP", "Connection",
+                 "Proxy-Authorization", "Accept-Encoding"):  # fmt: skip
+        assert is_dropped(name), name
+    for name in ("anthropic-beta", "anthropic-version", "x-app", "user-agent", "x-claude-code-session-id"):
+        assert not is_dropped(name), name
+
+
+def test_credential_headers_per_account_kind() -> None:
+    oauth = Account(name="o", kind=AccountKind.OAUTH, sealed_secret="x")
+    console = Account(name="c", kind=AccountKind.CONSOLE, sealed_secret="x")
+    assert credential_headers(oauth, "tok", "b1", "oauth-b") == {
+        "accept-encoding": "identity", "authorization": "Bearer tok", "anthropic-beta": "b1,oauth-b"}  # fmt: skip
+    assert credential_headers(console, "key", "b1", "oauth-b") == {"accept-encoding": "identity", "x-api-key": "key"}
+
+
+def test_target_of_base_urls() -> None:
+    assert target_of("https://api.anthropic.com") == Target("https", "api.anthropic.com", 443, "")
+    assert target_of("http://127.0.0.1:8001/api/anthropic/") == Target("http", "127.0.0.1", 8001, "/api/anthropic")
+    with pytest.raises(ValueError):
+        target_of("ftp://x")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "route"),
+    [
+        ("POST", "/v1/messages?beta=true", Route.MESSAGES),
+        ("POST", "/v1/messages/count_tokens?beta=true", Route.COUNT_TOKENS),
+        ("GET", "/v1/models?limit=1000", Route.MODELS),
+        ("GET", "/v1/models/claude-opus-4-8", Route.MODELS),
+        ("HEAD", "/", Route.PROBE),
+        ("GET", "/health", Route.HEALTH),
+        ("POST", "/api/event_logging/batch", Route.TELEMETRY),
+        ("GET", "/v1/messages", Route.UNKNOWN),
+        ("POST", "/v1/messages/batches", Route.UNKNOWN),
+        ("DELETE", "/v1/files/x", Route.UNKNOWN),
+    ],
+)
+def test_routes(method: str, path: str, route: Route) -> None:
+    assert classify(method, path) is route
+
+
+def test_keyring_hashes_and_seals() -> None:
+    ring = Keyring("s" * 40)
+    assert ring.hash_team_key("rk-a") == Keyring("s" * 40).hash_team_key("rk-a") != ring.hash_team_key("rk-b")
+    sealed = ring.seal("sk-ant-oat01-secret", "acct1")
+    assert "secret" not in sealed
+    assert ring.open(sealed, "acct1") == "sk-ant-oat01-secret"
+    with pytest.raises(DecryptError):
+        ring.open(sealed, "acct2")  # bound to its account
+    with pytest.raises(DecryptError):
+        Keyring("t" * 40).open(sealed, "acct1")
+
+
+def test_parse_message_request() -> None:
+    parsed = parse_message_request(b'{"model": "claude-opus-4-8", "stream": true, "x": 1}')
+    assert (parsed.model, parsed.stream) == ("claude-opus-4-8", True)
+    for bad in (b"", b"\xff\xfe", b"null", b'{"model": ""}', b'{"model": "m", "stream": 1}'):
+        with pytest.raises(RelayError) as caught:
+            parse_message_request(bad)
+        assert caught.value.status == 400
+
+
+def test_choose_account_priority_then_weight() -> None:
+    low = Account(name="low", kind=AccountKind.CONSOLE, sealed_secret="x", priority=10)
+    heavy = Account(name="heavy", kind=AccountKind.CONSOLE, sealed_secret="x", priority=50, weight=3)
+    light = Account(name="light", kind=AccountKind.CONSOLE, sealed_secret="x", priority=50, weight=1)
+    off = Account(name="off", kind=AccountKind.CONSOLE, sealed_secret="x", priority=99, enabled=False)
+    expired = Account(name="expired", kind=AccountKind.OAUTH, sealed_secret="x", priority=99, expires_at=1.0)
+    rng = random.Random(7)
+    picks = Counter(choose_account([low, heavy, light, off, expired], now=100.0, rng=rng).name for _ in range(4000))
+    assert set(picks) == {"heavy", "light"}
+    assert 2800 < picks["heavy"] < 3200  # 3:1 within ~5 sigma
+    assert choose_account([low, off], now=100.0).name == "low"
+    with pytest.raises(RelayError) as caught:
+        choose_account([off, expired], now=100.0)
+    assert caught.value.status == 503
