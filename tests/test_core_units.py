@@ -139,3 +139,19 @@ def test_choose_account_priority_then_weight() -> None:
     with pytest.raises(RelayError) as caught:
         choose_account([off, expired], now=100.0)
     assert caught.value.status == 503
+
+
+def test_example_config_documents_and_loads_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from relay_core.settings import Settings
+
+    example = Path(__file__).parents[1] / "config" / "relay.example.toml"
+    text = example.read_text()
+    for name in Settings.model_fields:
+        assert f"{name} =" in text or f"# {name} =" in text or f"[{name}." in text, f"{name} undocumented"
+    monkeypatch.setenv("RELAY_CONFIG", str(example))
+    monkeypatch.delenv("RELAY_LISTEN", raising=False)
+    assert Settings().listen == "127.0.0.1:8080"
+    monkeypatch.setenv("RELAY_LISTEN", "0.0.0.0:9000")
+    assert Settings().listen_port == 9000  # the environment wins over the file
