@@ -9,6 +9,7 @@ from mitmproxy import http
 from addons.common import fail_closed
 from addons.common import state_of
 from addons.relay_runtime import RelayRuntime
+from relay_core.errors import RelayError
 from relay_core.errors import store_unavailable
 from relay_core.errors import unauthenticated
 from relay_core.store import StoreError
@@ -45,7 +46,9 @@ class Auth:
             )
         runtime = self.shared.current()
         try:
-            admission = await runtime.store.admit(runtime.keyring.hash_team_key(key))
+            admission = await runtime.store.admit(
+                runtime.keyring.hash_team_key(key), state.request_id, runtime.settings.lease_ttl_ms
+            )
         except StoreError as exc:
             logger.error("store unavailable during admission: %s", exc)
             raise store_unavailable() from None
@@ -53,5 +56,17 @@ class Auth:
             raise unauthenticated("Invalid team key. Ask your relay admin for a valid key.")
         if not admission.key.enabled:
             raise unauthenticated(f"Team key {admission.key.name!r} is disabled. Ask your relay admin to enable it.")
+        if admission.lease == 1:
+            state.lease = runtime.store.key_leases(admission.key.id)
+            runtime.leases.hold(state.lease, state.request_id)
+        elif admission.lease == -1:
+            raise RelayError(
+                429,
+                "rate_limit_error",
+                f"Team key {admission.key.name!r} allows {admission.key.concurrency} requests at once and that many "
+                "are running. Wait for one to finish.",
+                retry_after=1,
+                should_retry=True,
+            )
         state.key = admission.key
         state.accounts = admission.accounts

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from addons.auth import Auth
+from addons.concurrency_lease import ConcurrencyLease
+from addons.queue_lock import QueueLock
 from addons.relay_runtime import RelayRuntime
 from addons.router import Router
 from addons.service_endpoints import ServiceEndpoints
@@ -15,7 +17,15 @@ from relay_core.runtime import Runtime
 def relay_addons(runtime: Runtime | None = None) -> list[Any]:
     shared = RelayRuntime(runtime)
     # RelayRuntime appends FailClosedGate at the very end of mitmproxy's chain once everything is loaded.
-    return [shared, ServiceEndpoints(shared), Auth(shared), Router(shared), UsageMeter(shared)]
+    return [
+        shared,
+        ServiceEndpoints(shared),
+        Auth(shared),
+        Router(shared),
+        QueueLock(shared),
+        UsageMeter(shared),
+        ConcurrencyLease(shared),
+    ]
 
 
 addons = relay_addons()

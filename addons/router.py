@@ -40,7 +40,7 @@ class Router:
         runtime = self.shared.current()
         settings = runtime.settings
         if state.route in (Route.MESSAGES, Route.COUNT_TOKENS):
-            state.request_model = parse_message_request(flow.request.raw_content or b"").model
+            state.message = parse_message_request(flow.request.raw_content or b"")
         account = choose_account(state.accounts, time.time())
         try:
             secret = runtime.keyring.open(account.sealed_secret, account.id)

@@ -36,6 +36,7 @@ def account_view(account: Account) -> dict[str, Any]:
         "base_url": account.base_url or "(default)",
         "expires_at": _when(account.expires_at),
         "refreshable": account.sealed_refresh_token is not None,
+        "user_message_queue": {None: "default", True: "on", False: "off"}[account.user_message_queue],
     }
 
 
@@ -158,6 +159,40 @@ def _set_enabled(name: str, enabled: bool) -> None:
 
     run(op)
     click.echo(f"account {name} {'enabled' if enabled else 'disabled'}")
+
+
+@accounts.command()
+@click.argument("name")
+@click.option("--priority", type=int, default=None, help="higher is used first")
+@click.option("--weight", type=click.IntRange(min=1), default=None, help="share among equal priority")
+@click.option("--base-url", default=None, help="upstream base URL ('' for the relay's default)")
+@click.option(
+    "--queue",
+    type=click.Choice(["on", "off", "default"]),
+    default=None,
+    help="rate lock for human turns (default: on for OAuth accounts, per USER_MESSAGE_QUEUE_ENABLED)",
+)
+@format_option()
+def update(
+    name: str, priority: int | None, weight: int | None, base_url: str | None, queue: str | None, fmt: str
+) -> None:
+    """Change an account's scheduling settings."""
+    _check_base_url(base_url or None)
+
+    async def op(runtime: Runtime) -> Account:
+        account = await _require(runtime, name)
+        if priority is not None:
+            account.priority = priority
+        if weight is not None:
+            account.weight = weight
+        if base_url is not None:
+            account.base_url = base_url or None
+        if queue is not None:
+            account.user_message_queue = {"on": True, "off": False, "default": None}[queue]
+        await runtime.store.save_account(account)
+        return account
+
+    emit_record(account_view(run(op)), fmt)
 
 
 @accounts.command()

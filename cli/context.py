@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -17,10 +18,10 @@ from relay_core.store import NameTakenError
 from relay_core.store import StoreError
 
 
-def open_runtime() -> Runtime:
+def open_runtime(**overrides: Any) -> Runtime:
     config = click.get_current_context().find_root().params.get("config")
     try:
-        return Runtime(load_settings(config))
+        return Runtime(load_settings(config, **overrides))
     except (SecretError, EmbeddedStoreError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -21,6 +21,7 @@ def key_view(key: TeamKey) -> dict[str, Any]:
         "name": key.name,
         "key": key.hint + "…",
         "enabled": key.enabled,
+        "concurrency": key.concurrency,
         "note": key.note,
         "created": dt.datetime.fromtimestamp(key.created_at, dt.UTC).isoformat(timespec="seconds"),
     }
@@ -54,13 +55,14 @@ def keys() -> None:
 @keys.command()
 @click.argument("name")
 @click.option("--note", default="", help="free text, e.g. the owner")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="most requests in flight at once")
 @format_option()
-def create(name: str, note: str, fmt: str) -> None:
+def create(name: str, note: str, concurrency: int | None, fmt: str) -> None:
     """Create a key and print its secret once."""
 
     async def op(runtime: Runtime) -> tuple[str, TeamKey]:
         secret, key_hash, hint = _issue(runtime)
-        key = TeamKey(name=name, key_hash=key_hash, hint=hint, note=note)
+        key = TeamKey(name=name, key_hash=key_hash, hint=hint, note=note, concurrency=concurrency)
         await runtime.store.create_key(key)
         return secret, key
 
@@ -95,6 +97,26 @@ def _set_enabled(name: str, enabled: bool) -> None:
 
     run(op)
     click.echo(f"key {name} {'enabled' if enabled else 'disabled'}")
+
+
+@keys.command()
+@click.argument("name")
+@click.option("--note", default=None, help="free text, e.g. the owner")
+@click.option("--concurrency", type=click.IntRange(min=0), default=None, help="most requests in flight; 0: no limit")
+@format_option()
+def update(name: str, note: str | None, concurrency: int | None, fmt: str) -> None:
+    """Change a key's note or limits."""
+
+    async def op(runtime: Runtime) -> TeamKey:
+        key = await _require(runtime, name)
+        if note is not None:
+            key.note = note
+        if concurrency is not None:
+            key.concurrency = concurrency or None
+        await runtime.store.save_key(key)
+        return key
+
+    emit_record(key_view(run(op)), fmt)
 
 
 @keys.command()

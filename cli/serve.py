@@ -22,7 +22,6 @@ from mitmproxy.master import Master
 from addons.bundle import relay_addons
 from cli.context import open_runtime
 from relay_core.runtime import Runtime
-from relay_core.settings import Settings
 
 DEAD_END_TARGET = "http://127.0.0.1:9"
 logger = logging.getLogger(__name__)
@@ -51,12 +50,8 @@ async def run_proxy(runtime: Runtime) -> None:
 def serve(listen: str | None) -> None:
     """Run the relay."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runtime = open_runtime()
-    if listen:
-        try:
-            runtime.settings = Settings(listen=listen)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--listen") from None
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no line per connection
+    runtime = open_runtime(**({"listen": listen} if listen else {}))
     asyncio.run(run_proxy(runtime), loop_factory=loop_factory())
 
 

@@ -9,6 +9,7 @@ from dataclasses import field
 from relay_core.errors import new_request_id
 from relay_core.models import Account
 from relay_core.models import TeamKey
+from relay_core.request_body import MessageRequest
 from relay_core.routes import Route
 from relay_core.sse import SseUsageMeter
 
@@ -17,13 +18,21 @@ METADATA_KEY = "relay"
 
 @dataclass
 class FlowState:
+    """Set by the addons in chain order; `request_id` also names this request's lease and lock tokens."""
+
     route: Route
     request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.time)
     key: TeamKey | None = None
     accounts: list[Account] = field(default_factory=list)
     account: Account | None = None
-    request_model: str | None = None
+    message: MessageRequest | None = None
     routed: bool = False
+    lease: str | None = None  # the key's lease set, while this request holds a concurrency lease
+    lock_account: str | None = None  # the account whose rate lock this request holds
     meter: SseUsageMeter | None = None
     recorded: bool = False
+
+    @property
+    def request_model(self) -> str | None:
+        return self.message.model if self.message else None

@@ -21,6 +21,7 @@ class TeamKey(BaseModel):
     hint: str = Field(description="first characters of the key, enough to recognise it, not to use it")
     enabled: bool = True
     note: str = ""
+    concurrency: int | None = Field(None, ge=1, description="most requests in flight at once")
     created_at: float = Field(default_factory=time.time)
 
 
@@ -40,7 +41,14 @@ class Account(BaseModel):
     sealed_secret: str = Field(description="OAuth access token or API key, sealed with the server secret")
     sealed_refresh_token: str | None = None
     expires_at: float | None = Field(None, description="access-token expiry, epoch seconds")
+    user_message_queue: bool | None = Field(None, description="rate lock on/off; None: the global setting")
     created_at: float = Field(default_factory=time.time)
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
+
+    def queues_human_turns(self, globally_enabled: bool) -> bool:
+        """The rate lock applies to subscription accounts unless the account says otherwise."""
+        if self.user_message_queue is not None:
+            return self.user_message_queue
+        return globally_enabled and self.kind is AccountKind.OAUTH

@@ -8,12 +8,31 @@ from typing import Any
 
 from relay_core.errors import RelayError
 
+HUMAN_BLOCKS = frozenset({"text", "image", "document"})
+
 
 @dataclass(frozen=True)
 class MessageRequest:
     model: str
     stream: bool
     body: dict[str, Any]
+
+    @property
+    def is_human_turn(self) -> bool:
+        """The last message is a person speaking: text or images, not tool results handed back."""
+        messages = self.body.get("messages")
+        if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+            return False
+        last = messages[-1]
+        if last.get("role") != "user":
+            return False
+        content = last.get("content")
+        if isinstance(content, str):
+            return bool(content.strip())
+        if not isinstance(content, list):
+            return False
+        kinds = {block.get("type") for block in content if isinstance(block, dict)}
+        return "tool_result" not in kinds and bool(kinds & HUMAN_BLOCKS)
 
 
 def parse_message_request(raw: bytes) -> MessageRequest:

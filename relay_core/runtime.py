@@ -12,9 +12,11 @@ from typing import Any
 from relay_core.crypto import Keyring
 from relay_core.crypto import load_or_create_secret
 from relay_core.embedded_store import ensure_embedded_store
+from relay_core.leases import LeaseKeeper
 from relay_core.settings import CONFIG_FILE_ENV
 from relay_core.settings import Settings
 from relay_core.store import Store
+from relay_core.user_queue import UserMessageQueue
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +25,12 @@ class SecretMismatchError(Exception):
     pass
 
 
-def load_settings(config_file: str | None = None) -> Settings:
+def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
     if config_file:
         if not Path(config_file).is_file():
             raise FileNotFoundError(f"config file not found: {config_file}")
         os.environ[CONFIG_FILE_ENV] = config_file
-    return Settings()
+    return Settings(**overrides)
 
 
 class Runtime:
@@ -37,6 +39,8 @@ class Runtime:
         self.redis_url = settings.redis_url or ensure_embedded_store(settings.data_dir)
         self.keyring = Keyring(load_or_create_secret(settings.secret_key, settings.data_dir))
         self.store = Store(self.redis_url, settings.key_prefix, settings.timezone, settings.store_timeout_ms)
+        self.queue = UserMessageQueue(self.store, settings)
+        self.leases = LeaseKeeper(self.store, settings.lease_ttl_ms)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def check_secret(self) -> None:
@@ -66,4 +70,6 @@ class Runtime:
 
     async def close(self) -> None:
         await self.drain()
+        await self.queue.close()
+        await self.leases.close()
         await self.store.close()

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import AliasChoices
 from pydantic import Field
 from pydantic import field_validator
 from pydantic_settings import BaseSettings
@@ -41,6 +42,33 @@ class Settings(BaseSettings):
     usage_retention_days: int = Field(400, description="usage buckets expire after this many days")
     timezone: str = Field("UTC", description="time zone of usage days and limit windows")
     store_timeout_ms: int = Field(1000, description="longest wait for one store call on the hot path")
+    # The rate lock (user-message queue). These four keep their historical names without the RELAY_ prefix.
+    user_message_queue_enabled: bool = Field(
+        True,
+        validation_alias=AliasChoices("USER_MESSAGE_QUEUE_ENABLED", "user_message_queue_enabled"),
+        description="send one human turn at a time per OAuth account (an account setting may override)",
+    )
+    user_message_queue_delay_ms: int = Field(
+        200,
+        ge=0,
+        validation_alias=AliasChoices("USER_MESSAGE_QUEUE_DELAY_MS", "user_message_queue_delay_ms"),
+        description="minimum gap between one human turn's response headers and the next turn's start",
+    )
+    user_message_queue_timeout_ms: int = Field(
+        5000,
+        ge=0,
+        validation_alias=AliasChoices("USER_MESSAGE_QUEUE_TIMEOUT_MS", "user_message_queue_timeout_ms"),
+        description="longest wait for the lock; then 529 overloaded_error so the client retries",
+    )
+    user_message_queue_lock_ttl_ms: int = Field(
+        5000,
+        ge=100,
+        validation_alias=AliasChoices("USER_MESSAGE_QUEUE_LOCK_TTL_MS", "user_message_queue_lock_ttl_ms"),
+        description="a lock whose owner never saw response headers (died, hung) frees itself after this",
+    )
+    lease_ttl_ms: int = Field(
+        30000, ge=1000, description="concurrency leases of a relay that died expire after this; live ones are renewed"
+    )
     price_overrides: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="USD per million tokens for models genai-prices does not know: "

@@ -9,6 +9,7 @@ trip, and a usage write is one pipeline.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -31,13 +32,82 @@ if KEYS[3] then redis.call('HSET', KEYS[3], ARGV[4], ARGV[2]) end
 return 1
 """
 
-# KEYS: key hashes, key records, account records  ARGV: key hash
-_ADMIT = """
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: key hashes, key records, account records  ARGV: key hash, lease token, lease ttl ms, key tag
+# Returns false for an unknown key, else {key json, account jsons, lease} where lease is
+# 0 (no concurrency limit), 1 (lease taken) or -1 (limit reached, nothing taken).
+_ADMIT = (
+    _NOW_MS
+    + """
 local id = redis.call('HGET', KEYS[1], ARGV[1])
 if not id then return false end
 local key = redis.call('HGET', KEYS[2], id)
 if not key then return false end
-return {key, redis.call('HVALS', KEYS[3])}
+local record = cjson.decode(key)
+local lease = 0
+local limit = record['concurrency']
+if record['enabled'] and type(limit) == 'number' then
+  local leases = ARGV[4] .. ':leases:key:' .. id
+  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+  if redis.call('ZCARD', leases) >= limit then
+    lease = -1
+  else
+    redis.call('ZADD', leases, now + tonumber(ARGV[3]), ARGV[2])
+    redis.call('PEXPIRE', leases, ARGV[3])
+    lease = 1
+  end
+end
+return {key, redis.call('HVALS', KEYS[3]), lease}
+"""
+)
+
+# KEYS: lease sets...  ARGV: ttl ms, then one token per key
+_RENEW_LEASES = (
+    _NOW_MS
+    + """
+for i, leases in ipairs(KEYS) do
+  if redis.call('ZADD', leases, 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i + 1]) then
+    redis.call('PEXPIRE', leases, ARGV[1])
+  end
+end
+return 1
+"""
+)
+
+# The rate lock of one account. KEYS: lock, waiters  ARGV: token, lock ttl ms, forget waiters older than ms
+# Waiters are served in arrival order (server time); a waiter that went away without leaving is
+# forgotten once it is older than the longest possible wait. Returns {1, 0} when the lock was
+# taken, else {0, ms until the current holder's (or the gap's) TTL ends, -1 without one}.
+_LOCK_ACQUIRE = (
+    _NOW_MS
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[2], 'NX', now, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+if head == ARGV[1] and redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {1, 0}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+"""
+)
+
+# KEYS: lock  ARGV: token, gap ms, channel, account id. Only the owner releases; the lock becomes a
+# gap marker that expires after the minimum gap, and waiters in every relay process are told.
+_LOCK_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], 'gap', 'PX', ARGV[2])
+else
+  redis.call('DEL', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
 """
 
 USAGE_METRICS = (
@@ -68,6 +138,13 @@ class NameTakenError(Exception):
 class Admission:
     key: TeamKey
     accounts: list[Account]
+    lease: int  # 0: no concurrency limit, 1: lease taken, -1: limit reached
+
+
+@dataclass(frozen=True)
+class LockAttempt:
+    acquired: bool
+    retry_in_ms: int  # when not acquired: until the holder's or gap's TTL ends (-1: unknown)
 
 
 @dataclass
@@ -113,8 +190,13 @@ class Store:
         self.k_account_names = f"{tag}:account_names"
         self.k_meta = f"{tag}:meta"
         self.k_usage = f"{tag}:usage"
+        self.tag = tag
+        self.lock_channel = f"{tag}:queue:released"
         self._create = self.redis.register_script(_CREATE)
         self._admit = self.redis.register_script(_ADMIT)
+        self._renew_leases = self.redis.register_script(_RENEW_LEASES)
+        self._lock_acquire = self.redis.register_script(_LOCK_ACQUIRE)
+        self._lock_release = self.redis.register_script(_LOCK_RELEASE)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -209,16 +291,93 @@ class Store:
 
     # --- the request path ------------------------------------------------------------------
 
-    async def admit(self, key_hash: str) -> Admission | None:
-        """One round trip: the key behind a hash and every account, or None for an unknown key."""
-        found = await self._call(self._admit(keys=[self.k_key_hashes, self.k_keys, self.k_accounts], args=[key_hash]))
+    async def admit(self, key_hash: str, lease_token: str, lease_ttl_ms: int) -> Admission | None:
+        """One round trip: the key behind a hash, every account, and the key's concurrency lease."""
+        found = await self._call(
+            self._admit(
+                keys=[self.k_key_hashes, self.k_keys, self.k_accounts],
+                args=[key_hash, lease_token, lease_ttl_ms, self.tag],
+            )
+        )
         if not found:
             return None
-        key_json, account_jsons = found
+        key_json, account_jsons, lease = found
         return Admission(
             key=TeamKey.model_validate_json(key_json),
             accounts=[Account.model_validate_json(v) for v in account_jsons],
+            lease=int(lease),
         )
+
+    def key_leases(self, key_id: str) -> str:
+        return f"{self.tag}:leases:key:{key_id}"
+
+    async def renew_leases(self, leases: list[tuple[str, str]], ttl_ms: int) -> None:
+        """Push the expiry of live leases (lease set, token) forward: one call for all of them."""
+        if leases:
+            await self._call(
+                self._renew_leases(keys=[name for name, _ in leases], args=[ttl_ms, *[t for _, t in leases]])
+            )
+
+    async def release_lease(self, leases: str, token: str) -> None:
+        await self._call(self.redis.zrem(leases, token))
+
+    async def count_leases(self, leases: str) -> int:
+        """Live leases in a set (expired ones are dropped first)."""
+        now = await self.server_time_ms()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zremrangebyscore(leases, "-inf", now)
+        pipe.zcard(leases)
+        return int((await self._call(pipe.execute()))[1])
+
+    async def server_time_ms(self) -> int:
+        seconds, micros = await self._call(self.redis.time())
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    # --- the rate lock (one human turn at a time per account) ---------------------------------
+
+    def queue_lock(self, account_id: str) -> str:
+        return f"{self.tag}:queue:{account_id}:lock"
+
+    def queue_waiters(self, account_id: str) -> str:
+        return f"{self.tag}:queue:{account_id}:waiters"
+
+    async def try_lock(self, account_id: str, token: str, ttl_ms: int, forget_after_ms: int) -> LockAttempt:
+        acquired, retry_in = await self._call(
+            self._lock_acquire(
+                keys=[self.queue_lock(account_id), self.queue_waiters(account_id)],
+                args=[token, ttl_ms, forget_after_ms],
+            )
+        )
+        return LockAttempt(bool(acquired), int(retry_in))
+
+    async def release_lock(self, account_id: str, token: str, gap_ms: int) -> bool:
+        """Owner-checked: a late release never frees a lock someone else holds now."""
+        released = await self._call(
+            self._lock_release(keys=[self.queue_lock(account_id)], args=[token, gap_ms, self.lock_channel, account_id])
+        )
+        return bool(released)
+
+    async def leave_queue(self, account_id: str, token: str) -> None:
+        await self._call(self.redis.zrem(self.queue_waiters(account_id), token))
+
+    async def lock_holder(self, account_id: str) -> str | None:
+        value = await self._call(self.redis.get(self.queue_lock(account_id)))
+        return value.decode() if value is not None else None
+
+    async def waiting(self, account_id: str) -> int:
+        return int(await self._call(self.redis.zcard(self.queue_waiters(account_id))))
+
+    async def watch_lock_releases(self) -> AsyncIterator[str]:
+        """Account ids as their rate lock is released, by any relay process (one subscription each)."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await self._call(pubsub.subscribe(self.lock_channel))
+            while True:
+                message = await self._call(pubsub.get_message(timeout=None))
+                if message is not None and message.get("type") == "message":
+                    yield message["data"].decode()
+        finally:
+            await pubsub.aclose()
 
     def _bucket(self, day: str) -> str:
         return f"{self.k_usage}:{day}"

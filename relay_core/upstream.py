@@ -8,18 +8,15 @@ from urllib.parse import urlsplit
 from relay_core.models import Account
 from relay_core.models import AccountKind
 
-# Client credentials, hop-by-hop headers, and proxy/CDN hints never leave the relay.
+# Client credentials and proxy/CDN hints never leave the relay. `connection` stays: mitmproxy reads
+# it to honour a client's `connection: close`.
 _DROPPED = frozenset(
     {
         "authorization",
         "x-api-key",
         "proxy-authorization",
         "cookie",
-        "connection",
-        "keep-alive",
         "proxy-connection",
-        "te",
-        "trailer",
         "upgrade",
         "forwarded",
         "x-real-ip",

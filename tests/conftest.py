@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,3 +68,18 @@ def admin(settings: Settings, upstream: FakeUpstream) -> Admin:
     helper.flush()
     upstream.reset()
     return helper
+
+
+@pytest.fixture
+def start_relay(relay_env: dict[str, str]) -> Iterator[Callable[..., RelayProcess]]:
+    """Start extra relay processes with settings of their own; all are stopped after the test."""
+    started: list[RelayProcess] = []
+
+    def start(engine: str = "serve", **env: str) -> RelayProcess:
+        process = RelayProcess({**relay_env, **env}, engine=engine).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

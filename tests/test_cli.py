@@ -129,3 +129,21 @@ def test_serve_on_embedded_store_answers_health(data_dir: Path) -> None:
         assert "while-running" in relay("keys", "list")
     finally:
         process.stop()
+
+
+def test_update_commands_change_limits_and_queue(data_dir: Path) -> None:
+    key = json.loads(relay("keys", "create", "team", "--concurrency", "3", "--format", "json"))
+    assert key["concurrency"] == 3
+    assert json.loads(relay("keys", "update", "team", "--concurrency", "0", "--note", "n", "--format", "json")) == {
+        **{k: v for k, v in key.items() if k != "key"},
+        "key": key["key"][:7] + "…",
+        "concurrency": None,
+        "note": "n",
+    }
+    relay("accounts", "add-console", "c1", "--api-key", "sk-ant-api03-x")
+    updated = json.loads(relay("accounts", "update", "c1", "--queue", "on", "--priority", "70", "--format", "json"))
+    assert (updated["user_message_queue"], updated["priority"]) == ("on", 70)
+    assert (
+        json.loads(relay("accounts", "update", "c1", "--queue", "default", "--format", "json"))["user_message_queue"]
+        == "default"
+    )

@@ -63,7 +63,7 @@ def test_merge_beta_keeps_order_and_adds_once() -> None:
 
 
 def test_client_credentials_and_proxy_hints_are_dropped() -> None:
-    for name in ("Authorization", "X-Api-Key", "Cookie", "X-Forwarded-For", "CF-Connecting-IP", "Connection",
+    for name in ("Authorization", "X-Api-Key", "Cookie", "X-Forwarded-For", "CF-Connecting-IP",
                  "Proxy-Authorization", "Accept-Encoding"):  # fmt: skip
         assert is_dropped(name), name
     for name in ("anthropic-beta", "anthropic-version", "x-app", "user-agent", "x-claude-code-session-id"):

@@ -60,6 +60,29 @@ class Admin:
 
         self._run(op)
 
+    def set_key_concurrency(self, name: str, concurrency: int | None) -> None:
+        async def op(rt: Runtime) -> None:
+            key = await rt.store.find_key(name)
+            assert key is not None
+            key.concurrency = concurrency
+            await rt.store.save_key(key)
+
+        self._run(op)
+
+    def lock_and_lease_state(self, key_name: str, account_ids: list[str]) -> dict[str, Any]:
+        """Live leases of a key, and each account's lock holder and waiter count."""
+
+        async def op(rt: Runtime) -> dict[str, Any]:
+            key = await rt.store.find_key(key_name)
+            assert key is not None
+            return {
+                "leases": await rt.store.count_leases(rt.store.key_leases(key.id)),
+                "locks": [await rt.store.lock_holder(a) for a in account_ids],
+                "waiting": [await rt.store.waiting(a) for a in account_ids],
+            }
+
+        return self._run(op)
+
     def usage(self, by: str = "key") -> list[dict[str, Any]]:
         async def op(rt: Runtime) -> list[dict[str, Any]]:
             today = dt.datetime.now(rt.store.zone).date()

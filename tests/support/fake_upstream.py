@@ -25,6 +25,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)  # when the request arrived
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -37,6 +38,8 @@ class Reply:
     body: bytes = b""
     chunks: Iterable[bytes] | None = None  # streamed with chunked encoding when set
     chunk_delay: float = 0.0
+    header_delay: float = 0.0  # wait before sending the status line (upstream "thinking")
+    abort_after: int | None = None  # drop the connection after this many chunks (upstream dies)
 
 
 DEFAULT_USAGE = {
@@ -177,6 +180,8 @@ class FakeUpstream:
                 with upstream._lock:
                     upstream.requests.append(seen)
                 reply = (upstream.handler or upstream.default_reply)(seen)
+                if reply.header_delay:
+                    time.sleep(reply.header_delay)
                 self.send_response(reply.status)
                 headers = {"content-type": "application/json", "request-id": "req_fake", **reply.headers}
                 for name, value in headers.items():
@@ -189,13 +194,18 @@ class FakeUpstream:
                 self.send_header("transfer-encoding", "chunked")
                 self.end_headers()
                 try:
-                    for chunk in reply.chunks:
+                    for sent, chunk in enumerate(reply.chunks):
+                        if sent == reply.abort_after:
+                            self.wfile.flush()
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            self.close_connection = True
+                            return
                         if reply.chunk_delay:
                             time.sleep(reply.chunk_delay)
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                         self.wfile.flush()
                     self.wfile.write(b"0\r\n\r\n")
-                except (BrokenPipeError, ConnectionResetError):
+                except OSError:  # the relay (or its client) went away
                     self.close_connection = True
 
             do_GET = do_POST = do_HEAD = _serve

@@ -1,0 +1,270 @@
+"""The measured scenarios. Direct and relay rounds alternate, so drift (CPU boost, noisy neighbours)
+hits both sides alike instead of biasing whichever ran second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench.load import Conn
+from bench.load import Reply
+from bench.load import Tally
+from bench.load import Target
+from bench.load import closed_loop
+from bench.load import open_conns
+from bench.load import percentile
+from bench.load import serial
+from bench.procs import memory_kib
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+OWN_COMMANDS = {"cmdstat_info", "cmdstat_config|resetstat"}
+
+
+@dataclass(frozen=True)
+class Config:
+    duration: float = 5.0  # seconds of closed-loop load per side, per load scenario
+    rounds: int = 4  # alternating direct/relay stretches the duration is split into
+    concurrency: int = 20
+    serial_requests: int = 300
+    serial_warmup: int = 50
+    serial_rounds: int = 6
+    ttfb_streams: int = 100
+    store_batch: int = 200
+    store_concurrency: int = 10
+    deltas: int = 20
+
+
+@dataclass
+class Row:
+    """One table line. `compare` is "added" (relay - direct), "ratio" (relay / direct) or ""."""
+
+    scenario: str
+    direct: float | None
+    relay: float | None
+    compare: str = ""
+
+
+def alternate(round_no: int, targets: tuple[Target, Target]) -> tuple[Target, ...]:
+    return targets if round_no % 2 == 0 else targets[::-1]
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def require_ok(replies: list[Reply], target: Target) -> None:
+    bad = [r for r in replies if r.status != 200]
+    if bad:
+        raise RuntimeError(f"{target.name}: {len(bad)} failed requests, first: {bad[0].status} {bad[0].body[:300]!r}")
+
+
+@contextlib.contextmanager
+def cpu_meter(pid: int, into: list[float]) -> Iterator[None]:
+    """Adds the CPU time `pid` spends inside the block to `into[0]`."""
+    before = cpu_seconds(pid)
+    yield
+    into[0] += cpu_seconds(pid) - before
+
+
+class Scenarios:
+    def __init__(self, direct: Target, relay: Target, relay_pid: int, valkey_url: str, cfg: Config) -> None:
+        self.direct = direct
+        self.relay = relay
+        self.pair = (direct, relay)
+        self.relay_pid = relay_pid
+        self.valkey_url = valkey_url
+        self.cfg = cfg
+        self.details: dict[str, Any] = {}
+
+    async def serial_latency(self) -> list[Row]:
+        """a. One keep-alive connection, one request at a time: the latency the relay adds."""
+        cfg = self.cfg
+        conns = {t.name: Conn(t.port) for t in self.pair}
+        latencies: dict[str, list[float]] = {t.name: [] for t in self.pair}
+        try:
+            for t in self.pair:
+                require_ok(await serial(conns[t.name], t.plain, cfg.serial_warmup), t)
+            for i in range(cfg.serial_rounds):
+                for t in alternate(i, self.pair):
+                    replies = await serial(conns[t.name], t.plain, cfg.serial_requests // cfg.serial_rounds)
+                    require_ok(replies, t)
+                    latencies[t.name] += [r.total_s for r in replies]
+        finally:
+            for conn in conns.values():
+                conn.close()
+        d, r = latencies[self.direct.name], latencies[self.relay.name]
+        return [
+            Row("a. serial latency p50 (ms)", ms(percentile(d, 50)), ms(percentile(r, 50)), "added"),
+            Row("a. serial latency p99 (ms)", ms(percentile(d, 99)), ms(percentile(r, 99)), "added"),
+        ]
+
+    async def _load(self, stream: bool) -> tuple[dict[str, Tally], float]:
+        """Closed-loop load at `concurrency` on both sides; also the relay's CPU seconds per request."""
+        cfg = self.cfg
+        conns = {t.name: await open_conns(t.port, cfg.concurrency) for t in self.pair}
+        tallies = {t.name: Tally() for t in self.pair}
+        relay_cpu = [0.0]
+        try:
+            for t in self.pair:  # warm every connection (and the relay's upstream connections)
+                for conn in conns[t.name]:
+                    require_ok([await conn.send(t.stream if stream else t.plain)], t)
+            for i in range(cfg.rounds):
+                for t in alternate(i, self.pair):
+                    raw = t.stream if stream else t.plain
+                    if t is self.relay:
+                        with cpu_meter(self.relay_pid, relay_cpu):
+                            tally = await closed_loop(conns[t.name], raw, cfg.duration / cfg.rounds)
+                    else:
+                        tally = await closed_loop(conns[t.name], raw, cfg.duration / cfg.rounds)
+                    tallies[t.name].merge(tally)
+        finally:
+            for group in conns.values():
+                for conn in group:
+                    conn.close()
+        relay_ok = tallies[self.relay.name].ok
+        return tallies, relay_cpu[0] / relay_ok if relay_ok else float("nan")
+
+    def _note_errors(self, label: str, tallies: dict[str, Tally]) -> None:
+        self.details[label] = {
+            name: {"ok": t.ok, "errors": t.errors, "first_error": t.first_error, "seconds": t.seconds}
+            for name, t in tallies.items()
+        }
+
+    async def throughput(self) -> list[Row]:
+        """b. Small non-streamed requests on `concurrency` keep-alive connections."""
+        tallies, cpu = await self._load(stream=False)
+        self._note_errors("throughput", tallies)
+        d, r = tallies[self.direct.name], tallies[self.relay.name]
+        n = self.cfg.concurrency
+        return [
+            Row(f"b. requests/s @{n}", d.per_second, r.per_second, "ratio"),
+            Row(f"b. latency p50 @{n} (ms)", ms(percentile(d.latencies, 50)), ms(percentile(r.latencies, 50)), "added"),
+            Row("b. relay CPU per request (ms)", None, ms(cpu)),
+            Row("b. failed requests", d.errors, r.errors),
+        ]
+
+    async def streams(self) -> list[Row]:
+        """c. Streams at `concurrency`, then serial streams for time to first byte."""
+        tallies, cpu = await self._load(stream=True)
+        self._note_errors("streams", tallies)
+        d, r = tallies[self.direct.name], tallies[self.relay.name]
+        n = self.cfg.concurrency
+        rows = [
+            Row(f"c. streams/s @{n}", d.per_second, r.per_second, "ratio"),
+            Row(f"c. SSE events/s @{n}", d.events_per_second, r.events_per_second, "ratio"),
+            Row("c. relay CPU per stream (ms)", None, ms(cpu)),
+            Row("c. failed streams", d.errors, r.errors),
+        ]
+        return rows + await self._stream_ttfb()
+
+    async def _stream_ttfb(self) -> list[Row]:
+        cfg = self.cfg
+        conns = {t.name: Conn(t.port) for t in self.pair}
+        replies: dict[str, list[Reply]] = {t.name: [] for t in self.pair}
+        try:
+            for t in self.pair:
+                require_ok(await serial(conns[t.name], t.stream, 10), t)
+            rounds = cfg.serial_rounds
+            for i in range(rounds):
+                for t in alternate(i, self.pair):
+                    batch = await serial(conns[t.name], t.stream, cfg.ttfb_streams // rounds)
+                    require_ok(batch, t)
+                    replies[t.name] += batch
+        finally:
+            for conn in conns.values():
+                conn.close()
+        d, r = replies[self.direct.name], replies[self.relay.name]
+
+        def p50(rs: list[Reply], attr: str) -> float:
+            return ms(percentile([getattr(x, attr) for x in rs], 50))
+
+        return [
+            Row("c. serial stream TTFB p50 (ms)", p50(d, "headers_s"), p50(r, "headers_s"), "added"),
+            Row("c. serial first SSE event p50 (ms)", p50(d, "first_body_s"), p50(r, "first_body_s"), "added"),
+            Row("c. serial whole stream p50 (ms)", p50(d, "total_s"), p50(r, "total_s"), "added"),
+        ]
+
+    async def store_round_trips(self) -> list[Row]:
+        """d. Store work per relay request, and the upstream connections the relay opened for them."""
+        client = redis.Redis.from_url(self.valkey_url)
+        rows: list[Row] = []
+        try:
+            for stream in (False, True):
+                label = "stream" if stream else "plain"
+                per_request, round_trips, upstream_conns = await self._store_batch(client, stream)
+                self.details[f"store_commands_per_request_{label}"] = per_request
+                rows += [
+                    Row(f"d. store commands/{label} request (incl. in Lua)", None, sum(per_request.values())),
+                    Row(f"d. store round trips/{label} request", None, round_trips),
+                    Row(f"d. upstream connects/{label} request", None, upstream_conns),
+                ]
+        finally:
+            client.close()
+        return rows
+
+    async def _store_batch(self, client: redis.Redis, stream: bool) -> tuple[dict[str, float], float, float]:
+        """`store_batch` relay requests on fresh connections, `store_concurrency` at a time.
+
+        Round trips are the socket reads the server processed (a pipeline or a script call arrives
+        in one read), less this client's own; commandstats also counts commands run inside Lua.
+        """
+        cfg = self.cfg
+        raw = self.relay.stream if stream else self.relay.plain
+        per_conn = cfg.store_batch // cfg.store_concurrency
+        count = per_conn * cfg.store_concurrency
+        upstream_before = await self._upstream_stats()
+        client.config_resetstat()
+        reads_before = self._reads(client)
+        conns = await open_conns(self.relay.port, cfg.store_concurrency)
+        try:
+            batches = await asyncio.gather(*(serial(c, raw, per_conn) for c in conns))
+        finally:
+            for conn in conns:
+                conn.close()
+        for batch in batches:
+            require_ok(batch, self.relay)
+        await asyncio.sleep(1.0)  # usage and lease release are written after the response
+        stats: dict[str, dict[str, Any]] = client.info("commandstats")  # type: ignore[assignment]
+        own_reads = 2  # the commandstats INFO above and the stats INFO below
+        round_trips = (self._reads(client) - reads_before - own_reads) / count
+        upstream_after = await self._upstream_stats()
+        per_request = {
+            name.removeprefix("cmdstat_"): values["calls"] / count
+            for name, values in stats.items()
+            if name not in OWN_COMMANDS
+        }
+        # the second stats request opened one upstream connection itself
+        connects = (upstream_after["connections"] - upstream_before["connections"] - 1) / count
+        return dict(sorted(per_request.items(), key=lambda kv: -kv[1])), round_trips, connects
+
+    @staticmethod
+    def _reads(client: redis.Redis) -> int:
+        return int(client.info("stats")["total_reads_processed"])  # type: ignore[index]
+
+    async def _upstream_stats(self) -> dict[str, int]:
+        conn = Conn(self.direct.port)
+        try:
+            reply = await conn.send(b"GET /stats HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        finally:
+            conn.close()
+        return json.loads(reply.body)
+
+    def memory(self) -> dict[str, float]:
+        """e. The relay's resident memory now and at its peak, in MiB."""
+        kib = memory_kib(self.relay_pid)
+        return {"rss": kib["VmRSS"] / 1024, "peak": kib["VmHWM"] / 1024}

