@@ -12,6 +12,7 @@ from addons.relay_runtime import RelayRuntime
 from relay_core.errors import RelayError
 from relay_core.errors import store_unavailable
 from relay_core.errors import unauthenticated
+from relay_core.sessions import session_from_headers
 from relay_core.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,9 @@ class Auth:
             )
         runtime = self.shared.current()
         try:
+            state.session = session_from_headers(flow.request.headers)
             admission = await runtime.store.admit(
-                runtime.keyring.hash_team_key(key), state.request_id, runtime.settings.lease_ttl_ms
+                runtime.keyring.hash_team_key(key), state.request_id, runtime.settings.lease_ttl_ms, state.session
             )
         except StoreError as exc:
             logger.error("store unavailable during admission: %s", exc)
@@ -70,3 +72,5 @@ class Auth:
             )
         state.key = admission.key
         state.accounts = admission.accounts
+        state.health = admission.health
+        state.sticky = admission.sticky

@@ -6,11 +6,12 @@ from typing import Any
 
 from addons.auth import Auth
 from addons.concurrency_lease import ConcurrencyLease
+from addons.failover import Failover
 from addons.queue_lock import QueueLock
+from addons.recorder import Recorder
 from addons.relay_runtime import RelayRuntime
 from addons.router import Router
 from addons.service_endpoints import ServiceEndpoints
-from addons.usage_meter import UsageMeter
 from relay_core.runtime import Runtime
 
 
@@ -23,7 +24,8 @@ def relay_addons(runtime: Runtime | None = None) -> list[Any]:
         Auth(shared),
         Router(shared),
         QueueLock(shared),
-        UsageMeter(shared),
+        Failover(shared),
+        Recorder(shared),
         ConcurrencyLease(shared),
     ]
 

@@ -27,7 +27,8 @@ def refuse(flow: http.HTTPFlow, error: RelayError) -> None:
     state = state_of(flow)
     request_id = state.request_id if state else "req_relay_unknown"
     flow.response = http.Response.make(error.status, error.body(request_id), error.headers(request_id))
-    flow.metadata["relay.refused"] = error.error_type
+    if state is not None:
+        state.refused = True
 
 
 def fail_closed(

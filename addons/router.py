@@ -19,6 +19,7 @@ from relay_core.errors import RelayError
 from relay_core.request_body import parse_message_request
 from relay_core.routes import Route
 from relay_core.scheduler import choose_account
+from relay_core.sessions import session_from_body
 from relay_core.upstream import credential_headers
 from relay_core.upstream import is_dropped
 from relay_core.upstream import target_of
@@ -41,7 +42,19 @@ class Router:
         settings = runtime.settings
         if state.route in (Route.MESSAGES, Route.COUNT_TOKENS):
             state.message = parse_message_request(flow.request.raw_content or b"")
-        account = choose_account(state.accounts, time.time())
+            if state.session is None and state.route is Route.MESSAGES:
+                state.session = session_from_body(state.message.body)
+                if state.session is not None:
+                    state.sticky = await runtime.store.sticky_account(state.key.id, state.session)
+        account = choose_account(
+            state.accounts,
+            state.health,
+            state.key,
+            state.request_model,
+            time.time(),
+            sticky=state.sticky,
+            warning_utilization=settings.warning_utilization,
+        )
         try:
             secret = runtime.keyring.open(account.sealed_secret, account.id)
         except DecryptError as exc:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from dataclasses import field
 
 from relay_core.errors import new_request_id
+from relay_core.health import AccountHealth
+from relay_core.health import Outcome
 from relay_core.models import Account
 from relay_core.models import TeamKey
 from relay_core.request_body import MessageRequest
@@ -25,12 +27,17 @@ class FlowState:
     started: float = field(default_factory=time.time)
     key: TeamKey | None = None
     accounts: list[Account] = field(default_factory=list)
+    health: dict[str, AccountHealth] = field(default_factory=dict)
+    session: str | None = None
+    sticky: str | None = None  # the account the session was bound to
     account: Account | None = None
     message: MessageRequest | None = None
     routed: bool = False
+    refused: bool = False  # the relay answered itself: nothing upstream to record
     lease: str | None = None  # the key's lease set, while this request holds a concurrency lease
     lock_account: str | None = None  # the account whose rate lock this request holds
     meter: SseUsageMeter | None = None
+    outcome: Outcome | None = None
     recorded: bool = False
 
     @property

@@ -22,6 +22,8 @@ class TeamKey(BaseModel):
     enabled: bool = True
     note: str = ""
     concurrency: int | None = Field(None, ge=1, description="most requests in flight at once")
+    account_id: str | None = Field(None, description="bound to this one account")
+    group: str | None = Field(None, description="bound to the accounts of this group")
     created_at: float = Field(default_factory=time.time)
 
 
@@ -36,6 +38,7 @@ class Account(BaseModel):
     kind: AccountKind
     priority: int = Field(50, description="higher is tried first")
     weight: int = Field(1, ge=1)
+    groups: list[str] = Field(default_factory=list)
     base_url: str | None = None
     enabled: bool = True
     sealed_secret: str = Field(description="OAuth access token or API key, sealed with the server secret")

@@ -18,6 +18,8 @@ from pydantic_settings import PydanticBaseSettingsSource
 from pydantic_settings import SettingsConfigDict
 from pydantic_settings import TomlConfigSettingsSource
 
+from relay_core.health import HealthRules
+
 CONFIG_FILE_ENV = "RELAY_CONFIG"
 
 
@@ -66,6 +68,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("USER_MESSAGE_QUEUE_LOCK_TTL_MS", "user_message_queue_lock_ttl_ms"),
         description="a lock whose owner never saw response headers (died, hung) frees itself after this",
     )
+    sticky_session_ttl_s: int = Field(3600, ge=1, description="a conversation stays on its account this long")
+    overload_cooldown_s: int = Field(60, ge=0, description="an account that answered 529 rests this long")
+    failure_streak: int = Field(3, ge=1, description="consecutive 5xx answers before an account rests")
+    failure_cooldown_s: int = Field(60, ge=0, description="how long an account rests after such a streak")
+    api_key_429_cooldown_s: int = Field(60, ge=0, description="rest for an API key's 429 without retry-after")
+    max_cooldown_s: int = Field(7 * 86400, ge=1, description="no cooldown lasts longer, whatever a header says")
+    warning_utilization: float = Field(
+        0.9, ge=0, description="a subscription window this full (0-1) makes the account a last choice"
+    )
     lease_ttl_ms: int = Field(
         30000, ge=1000, description="concurrency leases of a relay that died expire after this; live ones are renewed"
     )
@@ -89,6 +100,16 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"upstream_url must start with http:// or https://, got {value!r}")
         return value.rstrip("/")
+
+    @property
+    def health_rules(self) -> HealthRules:
+        return HealthRules(
+            overload_cooldown_s=self.overload_cooldown_s,
+            failure_streak=self.failure_streak,
+            failure_cooldown_s=self.failure_cooldown_s,
+            api_key_429_cooldown_s=self.api_key_429_cooldown_s,
+            max_cooldown_s=self.max_cooldown_s,
+        )
 
     @property
     def listen_host(self) -> str:

@@ -18,6 +18,10 @@ from zoneinfo import ZoneInfo
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from relay_core.health import AccountHealth
+from relay_core.health import AccountState
+from relay_core.health import HealthRules
+from relay_core.health import Outcome
 from relay_core.models import Account
 from relay_core.models import TeamKey
 from relay_core.usage import TokenUsage
@@ -37,9 +41,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: key hashes, key records, account records  ARGV: key hash, lease token, lease ttl ms, key tag
-# Returns false for an unknown key, else {key json, account jsons, lease} where lease is
-# 0 (no concurrency limit), 1 (lease taken) or -1 (limit reached, nothing taken).
+# KEYS: key hashes, key records, account records  ARGV: key hash, lease token, lease ttl ms, key tag, session
+# Returns false for an unknown key, else {key json, account jsons, lease, account healths, sticky account}
+# where lease is 0 (no concurrency limit), 1 (lease taken) or -1 (limit reached, nothing taken).
 _ADMIT = (
     _NOW_MS
     + """
@@ -61,9 +65,39 @@ if record['enabled'] and type(limit) == 'number' then
     lease = 1
   end
 end
-return {key, redis.call('HVALS', KEYS[3]), lease}
+local accounts = redis.call('HVALS', KEYS[3])
+local health = {}
+for i, account in ipairs(accounts) do
+  health[i] = redis.call('HGETALL', ARGV[4] .. ':health:' .. cjson.decode(account)['id'])
+end
+local sticky = false
+if ARGV[5] ~= '' then sticky = redis.call('GET', ARGV[4] .. ':sticky:' .. id .. ':' .. ARGV[5]) end
+return {key, accounts, lease, health, sticky}
 """
 )
+
+# KEYS: account health  ARGV: status, cool family, cool until, state, reason, count failure (0/1),
+# failure streak, failure cooldown s, then rate-limit snapshot field/value pairs
+_NOTE_OUTCOME = """
+local h = KEYS[1]
+redis.call('HSET', h, 'last_status', ARGV[1])
+if ARGV[5] ~= '' then redis.call('HSET', h, 'reason', ARGV[5]) end
+if ARGV[2] ~= '' then
+  local field = 'cool:' .. ARGV[2]
+  if tonumber(ARGV[3]) > tonumber(redis.call('HGET', h, field) or '0') then redis.call('HSET', h, field, ARGV[3]) end
+end
+if ARGV[4] ~= '' then redis.call('HSET', h, 'state', ARGV[4]) end
+if ARGV[6] == '1' then
+  if redis.call('HINCRBY', h, 'fail_streak', 1) >= tonumber(ARGV[7]) then
+    local t = redis.call('TIME')
+    redis.call('HSET', h, 'cool:all', tonumber(t[1]) + tonumber(ARGV[8]), 'fail_streak', 0)
+  end
+elseif tonumber(ARGV[1]) < 400 then
+  redis.call('HSET', h, 'fail_streak', 0)
+end
+for i = 9, #ARGV, 2 do redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end
+return 1
+"""
 
 # KEYS: lease sets...  ARGV: ttl ms, then one token per key
 _RENEW_LEASES = (
@@ -139,6 +173,15 @@ class Admission:
     key: TeamKey
     accounts: list[Account]
     lease: int  # 0: no concurrency limit, 1: lease taken, -1: limit reached
+    health: dict[str, AccountHealth]
+    sticky: str | None  # the account the session is bound to, when a session id was given
+
+
+@dataclass(frozen=True)
+class StickyBinding:
+    key_id: str
+    session: str
+    ttl_s: int
 
 
 @dataclass(frozen=True)
@@ -195,6 +238,7 @@ class Store:
         self._create = self.redis.register_script(_CREATE)
         self._admit = self.redis.register_script(_ADMIT)
         self._renew_leases = self.redis.register_script(_RENEW_LEASES)
+        self._note_outcome = self.redis.register_script(_NOTE_OUTCOME)
         self._lock_acquire = self.redis.register_script(_LOCK_ACQUIRE)
         self._lock_release = self.redis.register_script(_LOCK_RELEASE)
 
@@ -291,22 +335,86 @@ class Store:
 
     # --- the request path ------------------------------------------------------------------
 
-    async def admit(self, key_hash: str, lease_token: str, lease_ttl_ms: int) -> Admission | None:
-        """One round trip: the key behind a hash, every account, and the key's concurrency lease."""
+    async def admit(
+        self, key_hash: str, lease_token: str, lease_ttl_ms: int, session: str | None = None
+    ) -> Admission | None:
+        """One round trip: the key, every account with its health, the key's lease and the session's account."""
         found = await self._call(
             self._admit(
                 keys=[self.k_key_hashes, self.k_keys, self.k_accounts],
-                args=[key_hash, lease_token, lease_ttl_ms, self.tag],
+                args=[key_hash, lease_token, lease_ttl_ms, self.tag, session or ""],
             )
         )
         if not found:
             return None
-        key_json, account_jsons, lease = found
+        key_json, account_jsons, lease, healths, sticky = found
+        accounts = [Account.model_validate_json(v) for v in account_jsons]
         return Admission(
             key=TeamKey.model_validate_json(key_json),
-            accounts=[Account.model_validate_json(v) for v in account_jsons],
+            accounts=accounts,
             lease=int(lease),
+            health={a.id: _health(flat) for a, flat in zip(accounts, healths, strict=True)},
+            sticky=sticky.decode() if sticky else None,
         )
+
+    def _sticky(self, binding: StickyBinding) -> str:
+        return f"{self.tag}:sticky:{binding.key_id}:{binding.session}"
+
+    async def sticky_account(self, key_id: str, session: str) -> str | None:
+        value = await self._call(self.redis.get(self._sticky(StickyBinding(key_id, session, 0))))
+        return value.decode() if value else None
+
+    def health_key(self, account_id: str) -> str:
+        return f"{self.tag}:health:{account_id}"
+
+    async def account_health(self, account_ids: list[str]) -> dict[str, AccountHealth]:
+        pipe = self.redis.pipeline(transaction=False)
+        for account_id in account_ids:
+            pipe.hgetall(self.health_key(account_id))
+        results = await self._call(pipe.execute())
+        return {
+            account_id: AccountHealth.from_fields({k.decode(): v.decode() for k, v in raw.items()})
+            for account_id, raw in zip(account_ids, results, strict=True)
+        }
+
+    async def reset_health(self, account_id: str) -> None:
+        """An admin's word that the account is fine again: clears state, cooldowns and streaks."""
+        await self._call(self.redis.delete(self.health_key(account_id)))
+
+    async def set_account_state(self, account_id: str, state: AccountState, reason: str) -> None:
+        await self._call(self.redis.hset(self.health_key(account_id), mapping={"state": state.value, "reason": reason}))
+
+    async def record_completion(
+        self,
+        account_id: str,
+        outcome: Outcome | None,
+        rules: HealthRules,
+        usage: UsageRecord | None = None,
+        retention_days: int = 400,
+        sticky: StickyBinding | None = None,
+    ) -> None:
+        """Everything one finished response changes, in one pipeline: usage, account health, stickiness."""
+        pipe = self.redis.pipeline(transaction=False)
+        if usage is not None:
+            self._add_usage(pipe, usage, retention_days)
+        if outcome is not None:
+            args: list[str | int | float] = [
+                outcome.status,
+                outcome.cool_family or "",
+                outcome.cool_until or 0,
+                outcome.new_state.value if outcome.new_state else "",
+                outcome.reason,
+                int(outcome.count_failure),
+                rules.failure_streak,
+                rules.failure_cooldown_s,
+            ]
+            for name, value in outcome.rate_limits.items():
+                args += [name, value]
+            self._note_outcome(keys=[self.health_key(account_id)], args=args, client=pipe)
+        if sticky is not None and outcome is not None and outcome.status < 400:
+            pipe.set(self._sticky(sticky), account_id, ex=sticky.ttl_s)
+        if len(pipe):
+            await self._call(pipe.execute())
 
     def key_leases(self, key_id: str) -> str:
         return f"{self.tag}:leases:key:{key_id}"
@@ -385,8 +493,7 @@ class Store:
     def local_time(self, epoch: float) -> dt.datetime:
         return dt.datetime.fromtimestamp(epoch, self.zone)
 
-    async def record_usage(self, record: UsageRecord, retention_days: int) -> None:
-        """One pipelined write of every counter of one response."""
+    def _add_usage(self, pipe: Any, record: UsageRecord, retention_days: int) -> None:
         when = self.local_time(record.at)
         bucket = self._bucket(when.date().isoformat())
         prefix = f"{when.hour:02d}|{record.key_id}|{record.account_id}|{record.model}|"
@@ -399,12 +506,10 @@ class Store:
             unpriced=int(record.cost_usd is None),
             cost_nanousd=int((record.cost_usd or Decimal(0)) * NANOS_PER_USD),
         )
-        pipe = self.redis.pipeline(transaction=False)
         for metric, value in counts.items():
             if value:
                 pipe.hincrby(bucket, prefix + metric, value)
         pipe.expire(bucket, retention_days * 86400)
-        await self._call(pipe.execute())
 
     async def usage_cells(self, first: dt.date, last: dt.date) -> list[UsageCell]:
         days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
@@ -418,3 +523,7 @@ class Store:
                 hour, key_id, account_id, model, metric = field.decode().split("|", 4)
                 cells.append(UsageCell(day.isoformat(), int(hour), key_id, account_id, model, metric, int(value)))
         return cells
+
+
+def _health(flat: list[bytes]) -> AccountHealth:
+    return AccountHealth.from_fields({flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)})

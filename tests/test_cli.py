@@ -76,8 +76,19 @@ def test_keys_lifecycle_shows_the_secret_once(data_dir: Path) -> None:
 def test_accounts_never_print_or_store_their_secrets_in_clear(data_dir: Path) -> None:
     api_key, access, refresh = "sk-ant-api03-SECRETKEY", "sk-ant-oat01-SECRETACCESS", "sk-ant-ort01-SECRETREFRESH"
     out = relay("accounts", "add-console", "console-1", "--api-key", api_key, "--priority", "60")
-    out += relay("accounts", "add-token", "max-1", "--access-token", access, "--refresh-token", refresh,
-                 "--expires-in", "3600", "--format", "json")  # fmt: skip
+    out += relay(
+        "accounts",
+        "add-token",
+        "max-1",
+        "--access-token",
+        access,
+        "--refresh-token",
+        refresh,
+        "--expires-in",
+        "3600",
+        "--format",
+        "json",
+    )
     out += relay("accounts", "list") + relay("accounts", "show", "max-1")
     rows = json.loads(relay("accounts", "list", "--format", "json"))
     assert [(r["name"], r["kind"], r["state"], r["priority"]) for r in rows] == [

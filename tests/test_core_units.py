@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-from collections import Counter
 from decimal import Decimal
 
 import pytest
@@ -17,7 +15,6 @@ from relay_core.pricing import price_usd
 from relay_core.request_body import parse_message_request
 from relay_core.routes import Route
 from relay_core.routes import classify
-from relay_core.scheduler import choose_account
 from relay_core.upstream import Target
 from relay_core.upstream import credential_headers
 from relay_core.upstream import is_dropped
@@ -33,10 +30,15 @@ def usage(**counts: int) -> TokenUsage:
 def test_acceptance_price_example() -> None:
     cost = price_usd(
         "claude-opus-4-8",
-        usage(input_tokens=1234, output_tokens=321, cache_read_input_tokens=30000,
-              cache_write_5m_tokens=1500, cache_write_1h_tokens=500),
+        usage(
+            input_tokens=1234,
+            output_tokens=321,
+            cache_read_input_tokens=30000,
+            cache_write_5m_tokens=1500,
+            cache_write_1h_tokens=500,
+        ),
         {},
-    )  # fmt: skip
+    )
     assert cost == Decimal("0.04357")
 
 
@@ -63,8 +65,15 @@ def test_merge_beta_keeps_order_and_adds_once() -> None:
 
 
 def test_client_credentials_and_proxy_hints_are_dropped() -> None:
-    for name in ("Authorization", "X-Api-Key", "Cookie", "X-Forwarded-For", "CF-Connecting-IP",
-                 "Proxy-Authorization", "Accept-Encoding"):  # fmt: skip
+    for name in (
+        "Authorization",
+        "X-Api-Key",
+        "Cookie",
+        "X-Forwarded-For",
+        "CF-Connecting-IP",
+        "Proxy-Authorization",
+        "Accept-Encoding",
+    ):
         assert is_dropped(name), name
     for name in ("anthropic-beta", "anthropic-version", "x-app", "user-agent", "x-claude-code-session-id"):
         assert not is_dropped(name), name
@@ -74,7 +83,10 @@ def test_credential_headers_per_account_kind() -> None:
     oauth = Account(name="o", kind=AccountKind.OAUTH, sealed_secret="x")
     console = Account(name="c", kind=AccountKind.CONSOLE, sealed_secret="x")
     assert credential_headers(oauth, "tok", "b1", "oauth-b") == {
-        "accept-encoding": "identity", "authorization": "Bearer tok", "anthropic-beta": "b1,oauth-b"}  # fmt: skip
+        "accept-encoding": "identity",
+        "authorization": "Bearer tok",
+        "anthropic-beta": "b1,oauth-b",
+    }
     assert credential_headers(console, "key", "b1", "oauth-b") == {"accept-encoding": "identity", "x-api-key": "key"}
 
 
@@ -123,22 +135,6 @@ def test_parse_message_request() -> None:
         with pytest.raises(RelayError) as caught:
             parse_message_request(bad)
         assert caught.value.status == 400
-
-
-def test_choose_account_priority_then_weight() -> None:
-    low = Account(name="low", kind=AccountKind.CONSOLE, sealed_secret="x", priority=10)
-    heavy = Account(name="heavy", kind=AccountKind.CONSOLE, sealed_secret="x", priority=50, weight=3)
-    light = Account(name="light", kind=AccountKind.CONSOLE, sealed_secret="x", priority=50, weight=1)
-    off = Account(name="off", kind=AccountKind.CONSOLE, sealed_secret="x", priority=99, enabled=False)
-    expired = Account(name="expired", kind=AccountKind.OAUTH, sealed_secret="x", priority=99, expires_at=1.0)
-    rng = random.Random(7)
-    picks = Counter(choose_account([low, heavy, light, off, expired], now=100.0, rng=rng).name for _ in range(4000))
-    assert set(picks) == {"heavy", "light"}
-    assert 2800 < picks["heavy"] < 3200  # 3:1 within ~5 sigma
-    assert choose_account([low, off], now=100.0).name == "low"
-    with pytest.raises(RelayError) as caught:
-        choose_account([off, expired], now=100.0)
-    assert caught.value.status == 503
 
 
 def test_example_config_documents_and_loads_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,9 +37,11 @@ REQUEST_SIDE_FAULTS = [
 
 def post(url: str, key: str) -> tuple[int, dict]:
     request = urllib.request.Request(
-        url + "/v1/messages", data=BODY.encode(), method="POST",
+        url + "/v1/messages",
+        data=BODY.encode(),
+        method="POST",
         headers={"x-api-key": key, "content-type": "application/json"},
-    )  # fmt: skip
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -68,7 +70,7 @@ def test_request_side_fault_never_reaches_upstream(
     assert "injected fault" in faulty_relay.log()  # the fault really fired
 
 
-@pytest.mark.parametrize("faulty_relay", ["addons.usage_meter:record_from_body"], indirect=True)
+@pytest.mark.parametrize("faulty_relay", ["addons.recorder:record_from_body"], indirect=True)
 def test_usage_fault_does_not_break_the_answer(
     faulty_relay: RelayProcess, admin: Admin, upstream: FakeUpstream
 ) -> None:

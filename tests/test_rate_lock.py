@@ -22,8 +22,11 @@ async def store(valkey_url: str) -> AsyncIterator[Store]:
 
 
 def queue(store: Store, **settings: int | bool) -> UserMessageQueue:
-    defaults = {"user_message_queue_delay_ms": 0, "user_message_queue_timeout_ms": 3000,
-                "user_message_queue_lock_ttl_ms": 5000}  # fmt: skip
+    defaults = {
+        "user_message_queue_delay_ms": 0,
+        "user_message_queue_timeout_ms": 3000,
+        "user_message_queue_lock_ttl_ms": 5000,
+    }
     return UserMessageQueue(store, Settings(**{**defaults, **settings}))
 
 

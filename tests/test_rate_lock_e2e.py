@@ -35,8 +35,12 @@ STREAM_SECONDS = 2.0
 def slow_stream(header_delay: float = HEADER_DELAY, seconds: float = STREAM_SECONDS) -> Callable[[Seen], Reply]:
     def reply(seen: Seen) -> Reply:
         frames = sse_frames(seen.json()["model"], {"input_tokens": 10, "output_tokens": 20})
-        return Reply(headers={"content-type": "text/event-stream"}, chunks=frames,
-                     chunk_delay=seconds / len(frames), header_delay=header_delay)  # fmt: skip
+        return Reply(
+            headers={"content-type": "text/event-stream"},
+            chunks=frames,
+            chunk_delay=seconds / len(frames),
+            header_delay=header_delay,
+        )
 
     return reply
 
@@ -194,8 +198,15 @@ def test_no_lock_or_lease_outlives_chaos(start_relay, admin: Admin, upstream: Fa
     for _n in range(200):
         mode = rng.choice(["ok", "ok", "client-hangs-up", "upstream-dies", "upstream-500"])
         messages = HUMAN if rng.random() < 0.6 else TOOL_RESULT
-        body = json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 5, "stream": True,
-                           "messages": messages, "metadata": {"user_id": mode}}).encode()  # fmt: skip
+        body = json.dumps(
+            {
+                "model": "claude-sonnet-4-6",
+                "max_tokens": 5,
+                "stream": True,
+                "messages": messages,
+                "metadata": {"user_id": mode},
+            }
+        ).encode()
         jobs.append((body, rng.randint(1, 400) if mode == "client-hangs-up" else None))
 
     with ThreadPoolExecutor(12) as pool:

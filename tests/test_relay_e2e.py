@@ -57,9 +57,11 @@ def test_streamed_message_through_oauth_account(relay: RelayProcess, admin: Admi
     upstream.usage = dict(OPUS_USAGE)
 
     with client(relay, key).messages.stream(
-        model="claude-opus-4-8", max_tokens=100, messages=MESSAGES,
+        model="claude-opus-4-8",
+        max_tokens=100,
+        messages=MESSAGES,
         extra_headers={"anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14"},
-    ) as stream:  # fmt: skip
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
 

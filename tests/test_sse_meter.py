@@ -80,8 +80,15 @@ def test_delta_values_replace_start_values_never_add() -> None:
 
 
 def test_delta_with_only_cache_total_keeps_the_5m_1h_split() -> None:
-    start = {"type": "message_start", "message": {"usage": {"cache_creation_input_tokens": 300,
-             "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200}}}}  # fmt: skip
+    start = {
+        "type": "message_start",
+        "message": {
+            "usage": {
+                "cache_creation_input_tokens": 300,
+                "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+            }
+        },
+    }
     delta = {"type": "message_delta", "usage": {"cache_creation_input_tokens": 300, "output_tokens": 3}}
     frames = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in (start, delta))
     meter = meter_over([frames])

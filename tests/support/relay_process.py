@@ -33,12 +33,17 @@ class RelayProcess:
         confdir = Path(self.env["RELAY_DATA_DIR"]) / "mitmproxy"
         command = [
             str(BIN / "mitmdump"),
-            "--mode", "reverse:http://127.0.0.1:9@127.0.0.1:0",
-            "-s", str(ROOT / "addons" / "bundle.py"),
-            "--set", "connection_strategy=lazy",
-            "--set", "flow_detail=0",
-            "--set", f"confdir={confdir}",
-        ]  # fmt: skip
+            "--mode",
+            "reverse:http://127.0.0.1:9@127.0.0.1:0",
+            "-s",
+            str(ROOT / "addons" / "bundle.py"),
+            "--set",
+            "connection_strategy=lazy",
+            "--set",
+            "flow_detail=0",
+            "--set",
+            f"confdir={confdir}",
+        ]
         for script in self.extra_scripts:
             command += ["-s", str(script)]
         return command

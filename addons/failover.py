@@ -1,0 +1,101 @@
+"""Learns account health from every upstream answer, and sends the client elsewhere when the account failed.
+
+mitmproxy cannot re-issue a flow on the client's connection, and a stream callable cannot pull a
+second upstream's body, so a failed attempt is not retried inside the relay. Instead, when the
+account is limited, overloaded, unauthorized or banned and another account can serve, the client
+gets `529 overloaded_error` with `retry-after-ms: 100` and `x-should-retry: true`: Claude Code and
+the SDKs retry at once, and the account's new health (written before this answer leaves) sends the
+retry to a healthy account. Upstream errors that are about the request itself pass through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from mitmproxy import http
+
+from addons.common import state_of
+from addons.relay_runtime import RelayRuntime
+from relay_core.errors import RelayError
+from relay_core.flow_state import FlowState
+from relay_core.health import AccountHealth
+from relay_core.health import judge
+from relay_core.metering import record_from_body
+from relay_core.scheduler import choose_account
+from relay_core.store import StoreError
+
+logger = logging.getLogger(__name__)
+
+RETRY_ELSEWHERE_MS = 100
+
+
+class Failover:
+    def __init__(self, shared: RelayRuntime) -> None:
+        self.shared = shared
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None or not state.routed or state.refused or state.recorded or state.account is None:
+            return
+        if flow.response is None:
+            return
+        runtime = self.shared.current()
+        response = flow.response
+        state.outcome = judge(
+            response.status_code,
+            response.headers,
+            response.content if state.meter is None else None,
+            state.account.kind,
+            runtime.settings.health_rules,
+        )
+        if not state.outcome.failover:
+            return
+        logger.warning(
+            "account %r failed (%s); sending the client to another account", state.account.name, state.outcome.reason
+        )
+        refusal = self._refusal(state)
+        try:
+            usage = record_from_body(state, response.content, response.status_code, runtime.settings.price_overrides)
+            await runtime.store.record_completion(
+                state.account.id,
+                state.outcome,
+                runtime.settings.health_rules,
+                usage if state.route.is_metered else None,
+                runtime.settings.usage_retention_days,
+            )
+            state.recorded = True
+        except StoreError as exc:
+            logger.error("could not record account %r's failure: %s", state.account.name, exc)
+        flow.response = http.Response.make(
+            refusal.status, refusal.body(state.request_id), refusal.headers(state.request_id)
+        )
+        if refusal.status == 529:
+            flow.response.headers["retry-after-ms"] = str(RETRY_ELSEWHERE_MS)
+
+    def _refusal(self, state: FlowState) -> RelayError:
+        """529-retry-now when another account can take over, else the clear no-account answer."""
+        assert state.account is not None and state.outcome is not None and state.key is not None
+        now = time.time()
+        outcome = state.outcome
+        health = dict(state.health)
+        failed = health.get(state.account.id, AccountHealth())
+        failed = AccountHealth(
+            state=outcome.new_state or failed.state,
+            cooldowns={
+                **failed.cooldowns,
+                **({outcome.cool_family: outcome.cool_until or now} if outcome.cool_family else {}),
+            },
+        )
+        health[state.account.id] = failed
+        try:
+            choose_account(state.accounts, health, state.key, state.request_model, now, exclude={state.account.id})
+        except RelayError as exhausted:
+            return exhausted
+        return RelayError(
+            529,
+            "overloaded_error",
+            "The upstream account that took this request is unavailable; retrying now uses another account.",
+            retry_after=1,
+            should_retry=True,
+        )
