@@ -410,7 +410,7 @@ class Store:
             ]
             for name, value in outcome.rate_limits.items():
                 args += [name, value]
-            self._note_outcome(keys=[self.health_key(account_id)], args=args, client=pipe)
+            await self._note_outcome(keys=[self.health_key(account_id)], args=args, client=pipe)
         if sticky is not None and outcome is not None and outcome.status < 400:
             pipe.set(self._sticky(sticky), account_id, ex=sticky.ttl_s)
         if len(pipe):

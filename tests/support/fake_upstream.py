@@ -139,9 +139,12 @@ class FakeUpstream:
         self._server.shutdown()
         self._server.server_close()
 
-    def reset(self) -> None:
+    def reset_requests(self) -> None:
         with self._lock:
             self.requests.clear()
+
+    def reset(self) -> None:
+        self.reset_requests()
         self.usage = dict(DEFAULT_USAGE)
         self.handler = None
 
