@@ -20,14 +20,18 @@ from addons.relay_runtime import RelayRuntime
 from relay_core.errors import RelayError
 from relay_core.flow_state import FlowState
 from relay_core.health import AccountHealth
+from relay_core.health import AccountState
 from relay_core.health import judge
 from relay_core.metering import record_from_body
+from relay_core.runtime import Runtime
 from relay_core.scheduler import choose_account
 from relay_core.store import StoreError
+from relay_core.token_refresh import RefreshFailed
 
 logger = logging.getLogger(__name__)
 
 RETRY_ELSEWHERE_MS = 100
+FRESH_TOKEN_S = 60  # a 401 this soon after a refresh is not cured by another one
 
 
 class Failover:
@@ -54,7 +58,7 @@ class Failover:
         logger.warning(
             "account %r failed (%s); sending the client to another account", state.account.name, state.outcome.reason
         )
-        refusal = self._refusal(state)
+        refusal = await self._refreshed(state, runtime) or self._refusal(state)
         try:
             usage = record_from_body(state, response.content, response.status_code, runtime.settings.price_overrides)
             await runtime.store.record_completion(
@@ -72,6 +76,26 @@ class Failover:
         )
         if refusal.status == 529:
             flow.response.headers["retry-after-ms"] = str(RETRY_ELSEWHERE_MS)
+
+    async def _refreshed(self, state: FlowState, runtime: Runtime) -> RelayError | None:
+        """A 401 on a refreshable account: refresh once, and let the client retry with the new token.
+
+        A 401 right after a refresh means the fresh token is refused too: then the account stays
+        `unauthorized` (judge's verdict) until an admin looks at it.
+        """
+        assert state.account is not None and state.outcome is not None
+        account, outcome = state.account, state.outcome
+        if outcome.new_state is not AccountState.UNAUTHORIZED or not account.refreshable:
+            return None
+        if account.refreshed_at is not None and time.time() - account.refreshed_at < FRESH_TOKEN_S:
+            return None
+        try:
+            await runtime.refresher.refresh(account)
+        except RefreshFailed as exc:
+            outcome.new_state, outcome.reason = AccountState.ERROR, str(exc)
+            return None
+        outcome.new_state = None
+        return retry_now("The upstream account's token had expired and was refreshed; retrying now succeeds.")
 
     def _refusal(self, state: FlowState) -> RelayError:
         """529-retry-now when another account can take over, else the clear no-account answer."""
@@ -92,10 +116,10 @@ class Failover:
             choose_account(state.accounts, health, state.key, state.request_model, now, exclude={state.account.id})
         except RelayError as exhausted:
             return exhausted
-        return RelayError(
-            529,
-            "overloaded_error",
-            "The upstream account that took this request is unavailable; retrying now uses another account.",
-            retry_after=1,
-            should_retry=True,
+        return retry_now(
+            "The upstream account that took this request is unavailable; retrying now uses another account."
         )
+
+
+def retry_now(message: str) -> RelayError:
+    return RelayError(529, "overloaded_error", message, retry_after=1, should_retry=True)

@@ -52,6 +52,7 @@ class RelayRuntime:
             logger.error("claude-relay cannot start: %s", exc)
             ctx.master.shutdown()
             return
+        self.current().start_background()
         if ctx.master.addons.get("failclosedgate") is None:
             # Appended now, after every other addon, as its own chain entry: under `mitmdump -s` a
             # script's addons share one entry, and a hook that raises skips the rest of that entry.

@@ -15,13 +15,18 @@ from addons.common import fail_closed
 from addons.common import state_of
 from addons.relay_runtime import RelayRuntime
 from relay_core.crypto import DecryptError
-from relay_core.errors import RelayError
+from relay_core.flow_state import FlowState
+from relay_core.health import AccountState
+from relay_core.models import Account
 from relay_core.request_body import parse_message_request
 from relay_core.routes import Route
+from relay_core.runtime import Runtime
 from relay_core.scheduler import choose_account
 from relay_core.sessions import session_from_body
+from relay_core.token_refresh import RefreshFailed
 from relay_core.upstream import credential_headers
 from relay_core.upstream import is_dropped
+from relay_core.upstream import proxy_of
 from relay_core.upstream import target_of
 
 logger = logging.getLogger(__name__)
@@ -30,6 +35,39 @@ logger = logging.getLogger(__name__)
 class Router:
     def __init__(self, shared: RelayRuntime) -> None:
         self.shared = shared
+
+    async def _account_and_secret(self, state: FlowState, runtime: Runtime) -> tuple[Account, str]:
+        """Schedule; refresh a token that is due; an account that cannot be used is marked and skipped."""
+        assert state.key is not None
+        settings = runtime.settings
+        unusable: set[str] = set()
+        while True:
+            account = choose_account(
+                state.accounts,
+                state.health,
+                state.key,
+                state.request_model,
+                time.time(),
+                sticky=state.sticky,
+                exclude=unusable,
+                warning_utilization=settings.warning_utilization,
+            )
+            try:
+                account = await runtime.refresher.usable(account)
+                return account, runtime.keyring.open(account.sealed_secret, account.id)
+            except RefreshFailed as exc:
+                logger.warning("skipping account: %s", exc)
+            except DecryptError:
+                reason = "its credential cannot be decrypted with the current server secret; add it again"
+                logger.error("account %r: %s", account.name, reason)
+                await runtime.store.set_account_state(account.id, AccountState.ERROR, reason)
+            unusable.add(account.id)
+
+    def http_connect_upstream(self, flow: http.HTTPFlow) -> None:
+        """The CONNECT to an account's proxy carries the proxy's credentials."""
+        state = state_of(flow)
+        if state is not None and state.proxy_authorization:
+            flow.request.headers["proxy-authorization"] = state.proxy_authorization
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -46,22 +84,7 @@ class Router:
                 state.session = session_from_body(state.message.body)
                 if state.session is not None:
                     state.sticky = await runtime.store.sticky_account(state.key.id, state.session)
-        account = choose_account(
-            state.accounts,
-            state.health,
-            state.key,
-            state.request_model,
-            time.time(),
-            sticky=state.sticky,
-            warning_utilization=settings.warning_utilization,
-        )
-        try:
-            secret = runtime.keyring.open(account.sealed_secret, account.id)
-        except DecryptError as exc:
-            logger.error("account %r: credential cannot be decrypted (%s)", account.name, exc)
-            raise RelayError(
-                503, "api_error", "An upstream account's credential cannot be decrypted; the relay admin must fix it."
-            ) from None
+        account, secret = await self._account_and_secret(state, runtime)
 
         headers = flow.request.headers
         client_beta = headers.get("anthropic-beta")
@@ -77,5 +100,9 @@ class Router:
         flow.request.port = target.port
         if target.path_prefix:
             flow.request.path = target.path_prefix + flow.request.path
+        if account.proxy:
+            proxy = proxy_of(account.proxy)
+            flow.server_conn.via = ("http", (proxy.host, proxy.port))
+            state.proxy_authorization = proxy.authorization
         state.account = account
         state.routed = True

@@ -45,10 +45,22 @@ class Account(BaseModel):
     sealed_refresh_token: str | None = None
     expires_at: float | None = Field(None, description="access-token expiry, epoch seconds")
     user_message_queue: bool | None = Field(None, description="rate lock on/off; None: the global setting")
+    proxy: str | None = Field(None, description="outbound HTTP proxy, http://[user:pass@]host:port")
+    email: str | None = None
+    organization: str | None = None
+    scopes: list[str] = Field(default_factory=list)
+    refreshed_at: float | None = Field(None, description="when the access token was last refreshed")
     created_at: float = Field(default_factory=time.time)
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
+
+    @property
+    def refreshable(self) -> bool:
+        return self.kind is AccountKind.OAUTH and self.sealed_refresh_token is not None
+
+    def due_refresh(self, now: float, margin_s: float) -> bool:
+        return self.refreshable and self.expires_at is not None and self.expires_at - margin_s <= now
 
     def queues_human_turns(self, globally_enabled: bool) -> bool:
         """The rate lock applies to subscription accounts unless the account says otherwise."""

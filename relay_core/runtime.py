@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Coroutine
@@ -16,6 +17,7 @@ from relay_core.leases import LeaseKeeper
 from relay_core.settings import CONFIG_FILE_ENV
 from relay_core.settings import Settings
 from relay_core.store import Store
+from relay_core.token_refresh import TokenRefresher
 from relay_core.user_queue import UserMessageQueue
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,9 @@ class Runtime:
         self.store = Store(self.redis_url, settings.key_prefix, settings.timezone, settings.store_timeout_ms)
         self.queue = UserMessageQueue(self.store, settings)
         self.leases = LeaseKeeper(self.store, settings.lease_ttl_ms)
+        self.refresher = TokenRefresher(self.store, self.keyring, settings)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._background: asyncio.Task[None] | None = None
 
     async def check_secret(self) -> None:
         """Refuse a server secret other than the one the store's keys and tokens were made with."""
@@ -64,11 +68,19 @@ class Runtime:
         if not task.cancelled() and task.exception() is not None:
             logger.error("%s failed: %s", what, task.exception())
 
+    def start_background(self) -> None:
+        """Work each relay process does on its own schedule (single-flight across processes)."""
+        self._background = asyncio.get_running_loop().create_task(self.refresher.run_forever())
+
     async def drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
         await self.drain()
         await self.queue.close()
         await self.leases.close()

@@ -33,7 +33,9 @@ def key_pool(accounts: Sequence[Account], key: TeamKey) -> list[Account]:
 
 
 def serves(account: Account, health: AccountHealth, family: str, now: float) -> bool:
-    return account.enabled and not account.is_expired(now) and health.serves(family, now)
+    """An expired token still serves when it can be refreshed (the router refreshes before use)."""
+    fresh = not account.is_expired(now) or account.refreshable
+    return account.enabled and fresh and health.serves(family, now)
 
 
 def choose_account(
@@ -82,7 +84,7 @@ def no_account_error(
     for account in pool:
         state = health.get(account.id, HEALTHY)
         until = state.cooling_until(family, now)
-        if account.enabled and not account.is_expired(now) and state.serves(family, until or now) and until:
+        if until and serves(account, state, family, until):
             waits.append(until)
     if waits:
         soonest = min(waits)

@@ -19,6 +19,7 @@ from pydantic_settings import SettingsConfigDict
 from pydantic_settings import TomlConfigSettingsSource
 
 from relay_core.health import HealthRules
+from relay_core.oauth import OAuthConfig
 
 CONFIG_FILE_ENV = "RELAY_CONFIG"
 
@@ -29,7 +30,7 @@ def default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RELAY_", env_nested_delimiter="__", extra="ignore")
 
     listen: str = Field("127.0.0.1:8080", description="host:port the relay listens on")
     redis_url: str | None = Field(None, description="Redis/Valkey URL; unset starts the embedded Valkey")
@@ -77,6 +78,12 @@ class Settings(BaseSettings):
     warning_utilization: float = Field(
         0.9, ge=0, description="a subscription window this full (0-1) makes the account a last choice"
     )
+    oauth: OAuthConfig = Field(
+        default_factory=OAuthConfig, description="subscription OAuth endpoints (RELAY_OAUTH__TOKEN_URL, ...)"
+    )
+    refresh_margin_s: int = Field(300, ge=0, description="refresh an access token this long before it expires")
+    refresh_interval_s: int = Field(60, ge=1, description="how often each relay looks for tokens due a refresh")
+    refresh_lock_ttl_s: int = Field(30, ge=1, description="a refresh whose relay died frees its lock after this")
     lease_ttl_ms: int = Field(
         30000, ge=1000, description="concurrency leases of a relay that died expire after this; live ones are renewed"
     )

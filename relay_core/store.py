@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -17,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.exceptions import WatchError
 
 from relay_core.health import AccountHealth
 from relay_core.health import AccountState
@@ -75,6 +77,21 @@ if ARGV[5] ~= '' then sticky = redis.call('GET', ARGV[4] .. ':sticky:' .. id .. 
 return {key, accounts, lease, health, sticky}
 """
 )
+
+# KEYS: lock  ARGV: owner token. Compare-and-delete, so a late owner never frees a successor's lock.
+_RELEASE_OWNED = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: account health  ARGV: states that may be cleared
+_CLEAR_STATE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+for _, clearable in ipairs(ARGV) do
+  if state == clearable then redis.call('HSET', KEYS[1], 'state', 'ok', 'reason', '') return 1 end
+end
+return 0
+"""
 
 # KEYS: account health  ARGV: status, cool family, cool until, state, reason, count failure (0/1),
 # failure streak, failure cooldown s, then rate-limit snapshot field/value pairs
@@ -239,6 +256,8 @@ class Store:
         self._admit = self.redis.register_script(_ADMIT)
         self._renew_leases = self.redis.register_script(_RENEW_LEASES)
         self._note_outcome = self.redis.register_script(_NOTE_OUTCOME)
+        self._release_owned = self.redis.register_script(_RELEASE_OWNED)
+        self._clear_state = self.redis.register_script(_CLEAR_STATE)
         self._lock_acquire = self.redis.register_script(_LOCK_ACQUIRE)
         self._lock_release = self.redis.register_script(_LOCK_RELEASE)
 
@@ -324,8 +343,47 @@ class Store:
         value = await self._call(self.redis.hget(self.k_accounts, account_id))
         return Account.model_validate_json(value) if value else None
 
+    async def get_account(self, account_id: str) -> Account | None:
+        value = await self._call(self.redis.hget(self.k_accounts, account_id))
+        return Account.model_validate_json(value) if value else None
+
     async def save_account(self, account: Account) -> None:
         await self._call(self.redis.hset(self.k_accounts, account.id, account.model_dump_json()))
+
+    async def update_account(self, account_id: str, change: Callable[[Account], None]) -> Account | None:
+        """Read-change-write of one account record that loses no concurrent change (optimistic, WATCH)."""
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(self.k_accounts)
+                        value = await pipe.hget(self.k_accounts, account_id)
+                        if value is None:
+                            return None
+                        account = Account.model_validate_json(value)
+                        change(account)
+                        pipe.multi()
+                        pipe.hset(self.k_accounts, account_id, account.model_dump_json())
+                        await pipe.execute()
+                        return account
+                    except WatchError:
+                        continue
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(str(exc) or type(exc).__name__) from exc
+
+    # --- single-flight token refresh ---------------------------------------------------------
+
+    def _refresh_lock(self, account_id: str) -> str:
+        return f"{self.tag}:refresh:{account_id}"
+
+    async def take_refresh_lock(self, account_id: str, owner: str, ttl_s: int) -> bool:
+        return bool(await self._call(self.redis.set(self._refresh_lock(account_id), owner, nx=True, ex=ttl_s)))
+
+    async def release_refresh_lock(self, account_id: str, owner: str) -> None:
+        await self._call(self._release_owned(keys=[self._refresh_lock(account_id)], args=[owner]))
+
+    async def refresh_in_progress(self, account_id: str) -> bool:
+        return bool(await self._call(self.redis.exists(self._refresh_lock(account_id))))
 
     async def delete_account(self, account: Account) -> None:
         pipe = self.redis.pipeline(transaction=True)
@@ -383,6 +441,10 @@ class Store:
 
     async def set_account_state(self, account_id: str, state: AccountState, reason: str) -> None:
         await self._call(self.redis.hset(self.health_key(account_id), mapping={"state": state.value, "reason": reason}))
+
+    async def clear_account_state(self, account_id: str, states: tuple[AccountState, ...]) -> None:
+        """Back to ok, but only from the given states (a refresh does not lift a ban)."""
+        await self._call(self._clear_state(keys=[self.health_key(account_id)], args=[s.value for s in states]))
 
     async def record_completion(
         self,
