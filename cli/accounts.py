@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
+from typing import TextIO
+from urllib.parse import urlsplit
 
 import click
 
@@ -12,32 +16,103 @@ from cli.context import run
 from cli.output import emit_record
 from cli.output import emit_rows
 from cli.output import format_option
+from relay_core.health import AccountHealth
+from relay_core.health import AccountState
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import new_id
+from relay_core.oauth import OAuthError
+from relay_core.oauth import parse_credentials_json
 from relay_core.runtime import Runtime
+from relay_core.upstream import proxy_of
 from relay_core.upstream import target_of
 
 
-def _when(epoch: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds") if epoch else None
+def _when(epoch: float | str | None) -> str | None:
+    if epoch in (None, ""):
+        return None
+    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).isoformat(timespec="seconds")
 
 
-def account_view(account: Account) -> dict[str, Any]:
+def masked_proxy(proxy: str | None) -> str | None:
+    """A proxy URL without its password."""
+    if not proxy:
+        return None
+    parts = urlsplit(proxy)
+    if parts.password is None:
+        return proxy
+    return proxy.replace(f":{parts.password}@", ":***@", 1)
+
+
+def account_state(account: Account, health: AccountHealth, now: float) -> str:
+    if not account.enabled:
+        return "disabled"
+    if health.state is not AccountState.OK:
+        return health.state.value
+    if any(until > now for until in health.cooldowns.values()):
+        return "limited"
+    if account.is_expired(now) and not account.refreshable:
+        return "expired"
+    return "active"
+
+
+def account_view(account: Account, health: AccountHealth | None = None, requests_today: int = 0) -> dict[str, Any]:
     now = time.time()
-    state = "disabled" if not account.enabled else "expired" if account.is_expired(now) else "active"
+    health = health or AccountHealth()
+    cooling = {family: until for family, until in health.cooldowns.items() if until > now}
+    limits = health.rate_limits
     return {
         "id": account.id,
         "name": account.name,
         "kind": account.kind.value,
-        "state": state,
+        "state": account_state(account, health, now),
+        "limited_until": _when(max(cooling.values())) if cooling else None,
+        "limited_families": ",".join(sorted(cooling)) or None,
+        "utilization_5h": limits.get("rl_5h_utilization"),
+        "reset_5h": _when(limits.get("rl_5h_reset")),
+        "utilization_7d": limits.get("rl_7d_utilization"),
+        "reset_7d": _when(limits.get("rl_7d_reset")),
+        "last_error": health.reason or None,
+        "requests_today": requests_today,
         "priority": account.priority,
         "weight": account.weight,
+        "groups": ",".join(account.groups) or None,
         "base_url": account.base_url or "(default)",
+        "proxy": masked_proxy(account.proxy),
+        "email": account.email,
+        "organization": account.organization,
         "expires_at": _when(account.expires_at),
-        "refreshable": account.sealed_refresh_token is not None,
+        "refreshed_at": _when(account.refreshed_at),
+        "refreshable": account.refreshable,
         "user_message_queue": {None: "default", True: "on", False: "off"}[account.user_message_queue],
     }
+
+
+LIST_COLUMNS = (
+    "name",
+    "kind",
+    "state",
+    "limited_until",
+    "limited_families",
+    "utilization_5h",
+    "utilization_7d",
+    "last_error",
+    "requests_today",
+    "priority",
+    "weight",
+)
+
+
+async def account_views(runtime: Runtime, accounts: list[Account]) -> list[dict[str, Any]]:
+    """Accounts with their health and today's request count (three store reads, whatever the count)."""
+    store = runtime.store
+    health = await store.account_health([a.id for a in accounts])
+    today = dt.datetime.now(store.zone).date()
+    requests: Counter[str] = Counter()
+    for cell in await store.usage_cells(today, today):
+        if cell.metric == "requests":
+            requests[cell.account_id] += cell.value
+    return [account_view(a, health[a.id], requests[a.id]) for a in accounts]
 
 
 async def _require(runtime: Runtime, name: str) -> Account:
@@ -47,12 +122,13 @@ async def _require(runtime: Runtime, name: str) -> Account:
     return account
 
 
-def _check_base_url(base_url: str | None) -> None:
-    if base_url is not None:
-        try:
-            target_of(base_url)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--base-url") from None
+def check_urls(base_url: str | None, proxy: str | None) -> None:
+    for value, check, hint in ((base_url, target_of, "--base-url"), (proxy, proxy_of, "--proxy")):
+        if value:
+            try:
+                check(value)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint=hint) from None
 
 
 def _add(account_fields: dict[str, Any], secret: str, refresh_token: str | None, fmt: str) -> None:
@@ -68,10 +144,11 @@ def _add(account_fields: dict[str, Any], secret: str, refresh_token: str | None,
         await runtime.store.create_account(account)
         return account
 
-    emit_record(account_view(run(op)), fmt)
+    emit_record(_show(run(op)), fmt)
 
 
 priority_option = click.option("--priority", default=50, show_default=True, help="higher is used first")
+proxy_option = click.option("--proxy", default=None, help="outbound HTTP proxy, http://[user:pass@]host:port")
 weight_option = click.option(
     "--weight",
     default=1,
@@ -92,42 +169,66 @@ def accounts() -> None:
 @click.option("--base-url", default=None, help="upstream base URL (default: the relay's upstream_url)")
 @priority_option
 @weight_option
+@proxy_option
 @format_option()
-def add_console(name: str, api_key: str, base_url: str | None, priority: int, weight: int, fmt: str) -> None:
+def add_console(
+    name: str, api_key: str, base_url: str | None, priority: int, weight: int, proxy: str | None, fmt: str
+) -> None:
     """Add an Anthropic API-key account."""
-    _check_base_url(base_url)
-    fields = dict(name=name, kind=AccountKind.CONSOLE, base_url=base_url, priority=priority, weight=weight)
+    check_urls(base_url, proxy)
+    fields = dict(name=name, kind=AccountKind.CONSOLE, base_url=base_url, priority=priority, weight=weight, proxy=proxy)
     _add(fields, api_key.strip(), None, fmt)
 
 
 @accounts.command("add-token")
 @click.argument("name")
-@click.option("--access-token", required=True, help="subscription OAuth access token (sk-ant-oat01-…)")
+@click.option("--access-token", default=None, help="subscription OAuth access token (sk-ant-oat01-…)")
 @click.option("--refresh-token", default=None, help="its refresh token (sk-ant-ort01-…)")
 @click.option("--expires-in", type=click.IntRange(min=1), default=None, help="seconds until the token expires")
+@click.option(
+    "--credentials-file",
+    type=click.File("r"),
+    default=None,
+    help="import Claude Code's ~/.claude/.credentials.json instead ('-' reads stdin)",
+)
 @click.option("--base-url", default=None, help="upstream base URL (default: the relay's upstream_url)")
 @priority_option
 @weight_option
+@proxy_option
 @format_option()
 def add_token(
     name: str,
-    access_token: str,
+    access_token: str | None,
     refresh_token: str | None,
     expires_in: int | None,
+    credentials_file: TextIO | None,
     base_url: str | None,
     priority: int,
     weight: int,
+    proxy: str | None,
     fmt: str,
 ) -> None:
-    """Import a Claude subscription OAuth token."""
-    _check_base_url(base_url)
+    """Import a Claude subscription OAuth token (or Claude Code's credentials file)."""
+    check_urls(base_url, proxy)
+    expires_at = time.time() + expires_in if expires_in else None
+    if credentials_file is not None:
+        try:
+            tokens = parse_credentials_json(credentials_file.read())
+        except OAuthError as exc:
+            raise click.BadParameter(str(exc), param_hint="--credentials-file") from None
+        access_token = tokens.access_token.get_secret_value()
+        refresh_token = tokens.refresh_token.get_secret_value() if tokens.refresh_token else None
+        expires_at = tokens.expires_at
+    if not access_token:
+        raise click.UsageError("give --access-token or --credentials-file")
     fields = dict(
         name=name,
         kind=AccountKind.OAUTH,
         base_url=base_url,
         priority=priority,
         weight=weight,
-        expires_at=time.time() + expires_in if expires_in else None,
+        expires_at=expires_at,
+        proxy=proxy,
     )
     _add(fields, access_token.strip(), refresh_token.strip() if refresh_token else None, fmt)
 
@@ -135,8 +236,13 @@ def add_token(
 @accounts.command("list")
 @format_option()
 def list_accounts(fmt: str) -> None:
-    """All accounts and their state."""
-    emit_rows([account_view(a) for a in run(lambda rt: rt.store.list_accounts())], fmt)
+    """All accounts: state, limits, utilisation, last error, requests today."""
+
+    async def op(runtime: Runtime) -> list[dict[str, Any]]:
+        return await account_views(runtime, await runtime.store.list_accounts())
+
+    rows = run(op)
+    emit_rows(rows if fmt == "json" else [{c: r[c] for c in LIST_COLUMNS} for r in rows], fmt)
 
 
 @accounts.command()
@@ -145,19 +251,29 @@ def list_accounts(fmt: str) -> None:
 def show(name: str, fmt: str) -> None:
     """One account."""
 
-    async def op(runtime: Runtime) -> Account:
-        return await _require(runtime, name)
+    async def op(runtime: Runtime) -> dict[str, Any]:
+        return (await account_views(runtime, [await _require(runtime, name)]))[0]
 
-    emit_record(account_view(run(op)), fmt)
+    emit_record(run(op), fmt)
+
+
+@accounts.command()
+@click.argument("name")
+def reset(name: str) -> None:
+    """Forget the account's cooldowns, error state and failure streak (it is tried again at once)."""
+
+    async def op(runtime: Runtime) -> None:
+        await runtime.store.reset_health((await _require(runtime, name)).id)
+
+    run(op)
+    click.echo(f"account {name} reset")
 
 
 def _set_enabled(name: str, enabled: bool) -> None:
-    async def op(runtime: Runtime) -> None:
-        account = await _require(runtime, name)
+    def change(account: Account) -> None:
         account.enabled = enabled
-        await runtime.store.save_account(account)
 
-    run(op)
+    _change(name, change)
     click.echo(f"account {name} {'enabled' if enabled else 'disabled'}")
 
 
@@ -166,6 +282,8 @@ def _set_enabled(name: str, enabled: bool) -> None:
 @click.option("--priority", type=int, default=None, help="higher is used first")
 @click.option("--weight", type=click.IntRange(min=1), default=None, help="share among equal priority")
 @click.option("--base-url", default=None, help="upstream base URL ('' for the relay's default)")
+@click.option("--proxy", default=None, help="outbound HTTP proxy ('' for none)")
+@click.option("--groups", default=None, help="comma-separated groups a key can be bound to ('' for none)")
 @click.option(
     "--queue",
     type=click.Choice(["on", "off", "default"]),
@@ -174,25 +292,51 @@ def _set_enabled(name: str, enabled: bool) -> None:
 )
 @format_option()
 def update(
-    name: str, priority: int | None, weight: int | None, base_url: str | None, queue: str | None, fmt: str
+    name: str,
+    priority: int | None,
+    weight: int | None,
+    base_url: str | None,
+    proxy: str | None,
+    groups: str | None,
+    queue: str | None,
+    fmt: str,
 ) -> None:
-    """Change an account's scheduling settings."""
-    _check_base_url(base_url or None)
+    """Change an account's settings (never its tokens, which a concurrent refresh may be replacing)."""
+    check_urls(base_url or None, proxy or None)
 
-    async def op(runtime: Runtime) -> Account:
-        account = await _require(runtime, name)
+    def change(account: Account) -> None:
         if priority is not None:
             account.priority = priority
         if weight is not None:
             account.weight = weight
         if base_url is not None:
             account.base_url = base_url or None
+        if proxy is not None:
+            account.proxy = proxy or None
+        if groups is not None:
+            account.groups = [g.strip() for g in groups.split(",") if g.strip()]
         if queue is not None:
             account.user_message_queue = {"on": True, "off": False, "default": None}[queue]
-        await runtime.store.save_account(account)
-        return account
 
-    emit_record(account_view(run(op)), fmt)
+    emit_record(_show(_change(name, change)), fmt)
+
+
+def _change(name: str, change: Callable[[Account], None]) -> Account:
+    async def op(runtime: Runtime) -> Account:
+        account = await _require(runtime, name)
+        updated = await runtime.store.update_account(account.id, change)
+        if updated is None:
+            raise click.ClickException(f"account {name!r} was deleted meanwhile")
+        return updated
+
+    return run(op)
+
+
+def _show(account: Account) -> dict[str, Any]:
+    async def op(runtime: Runtime) -> dict[str, Any]:
+        return (await account_views(runtime, [account]))[0]
+
+    return run(op)
 
 
 @accounts.command()

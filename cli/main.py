@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli import signin  # noqa: F401  (registers add-oauth, refresh, test on `relay accounts`)
 from cli.accounts import accounts
 from cli.keys import keys
 from cli.serve import serve

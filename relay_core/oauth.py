@@ -26,6 +26,9 @@ from pydantic import ConfigDict
 from pydantic import Field
 from pydantic import SecretStr
 
+from relay_core.upstream import Proxy
+from relay_core.upstream import proxy_of
+
 log = logging.getLogger(__name__)
 
 # Anthropic token shapes (sk-ant-oat01-…, sk-ant-ort01-…), scrubbed from any text we surface as a safety net.
@@ -252,7 +255,7 @@ async def _call(
     proxy: str | None,
     sensitive: tuple[str, ...],
 ) -> dict[str, Any]:
-    opener = _opener(proxy)  # validate before spawning a thread
+    opener = http_opener(proxy)  # validate before spawning a thread
     all_headers = {"accept": "application/json", "user-agent": config.user_agent, **headers}
     data = None
     if body is not None:
@@ -312,22 +315,12 @@ def _scrub(text: str, sensitive: tuple[str, ...]) -> str:
     return _TOKEN_RE.sub("[redacted]", text)
 
 
-def check_proxy_url(proxy: str) -> None:
-    """Refuse what neither urllib nor mitmproxy can chain through, with a message an admin can act on."""
-    parts = urllib.parse.urlsplit(proxy.strip())
-    if parts.scheme.lower().startswith("socks"):
-        raise OAuthError(
-            f"{parts.scheme} proxies are not supported: mitmproxy cannot chain to SOCKS upstreams, "
-            "so an account needs an HTTP proxy (http://[user:pass@]host:port)"
-        )
-    if parts.scheme.lower() == "https":
-        raise OAuthError("TLS to the proxy (https://) is not supported; use an http:// proxy, which still tunnels TLS")
+def check_proxy_url(proxy: str) -> Proxy:
+    """The relay's one rule for account proxies (see upstream.proxy_of), as an OAuthError."""
     try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme.lower() != "http" or not parts.hostname or port is None:
-        raise OAuthError("the proxy must look like http://[user:pass@]host:port")
+        return proxy_of(proxy)
+    except ValueError as exc:
+        raise OAuthError(str(exc)) from None
 
 
 class _AccountProxy(urllib.request.BaseHandler):
@@ -338,13 +331,9 @@ class _AccountProxy(urllib.request.BaseHandler):
 
     handler_order = 100  # before the HTTP(S) handlers, like ProxyHandler
 
-    def __init__(self, proxy: str) -> None:
-        parts = urllib.parse.urlsplit(proxy.strip())
-        self._hostport = f"{parts.hostname}:{parts.port}"
-        self._auth: str | None = None
-        if parts.username is not None:
-            user_pass = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
-            self._auth = "Basic " + base64.b64encode(user_pass.encode()).decode("ascii")
+    def __init__(self, proxy: Proxy) -> None:
+        self._hostport = f"{proxy.host}:{proxy.port}"
+        self._auth = proxy.authorization
 
     def _route(self, request: urllib.request.Request) -> None:
         if self._auth:
@@ -354,10 +343,9 @@ class _AccountProxy(urllib.request.BaseHandler):
     http_open = https_open = _route
 
 
-def _opener(proxy: str | None) -> urllib.request.OpenerDirector:
+def http_opener(proxy: str | None) -> urllib.request.OpenerDirector:
     """Direct, or through the account's proxy; environment proxies are ignored, as for mitmproxy's upstream traffic."""
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
     if proxy:
-        check_proxy_url(proxy)
-        handlers.append(_AccountProxy(proxy))
+        handlers.append(_AccountProxy(check_proxy_url(proxy)))
     return urllib.request.build_opener(*handlers)

@@ -371,6 +371,18 @@ class Store:
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreError(str(exc) or type(exc).__name__) from exc
 
+    # --- sign-ins waiting for their pasted code ------------------------------------------------
+
+    def _login(self, name: str) -> str:
+        return f"{self.tag}:login:{name}"
+
+    async def save_login(self, name: str, sealed: str, ttl_s: int) -> None:
+        await self._call(self.redis.set(self._login(name), sealed, ex=ttl_s))
+
+    async def take_login(self, name: str) -> str | None:
+        value = await self._call(self.redis.getdel(self._login(name)))
+        return value.decode() if value else None
+
     # --- single-flight token refresh ---------------------------------------------------------
 
     def _refresh_lock(self, account_id: str) -> str:

@@ -86,10 +86,16 @@ def proxy_of(url: str) -> Proxy:
             "SOCKS proxies are not supported: mitmproxy can only chain to HTTP proxies. Run an HTTP-to-SOCKS "
             "bridge (e.g. privoxy or gost) next to the relay and give its http:// address."
         )
-    if parts.scheme != "http" or not parts.hostname or not parts.port:
+    if parts.scheme == "https":
+        raise ValueError("TLS to the proxy (https://) is not supported; use an http:// proxy, which still tunnels TLS")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or not parts.hostname or not port:
         raise ValueError("a proxy must look like http://[user:pass@]host:port")
     authorization = None
     if parts.username is not None:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         authorization = "Basic " + base64.b64encode(credentials).decode()
-    return Proxy(parts.hostname, parts.port, authorization)
+    return Proxy(parts.hostname, port, authorization)

@@ -263,7 +263,7 @@ async def test_tokens_never_in_repr_str_errors_or_logs(fake: FakeOAuth, caplog: 
 
 async def test_socks_and_malformed_proxies_are_refused(fake: FakeOAuth) -> None:
     for scheme in ("socks5", "socks5h", "socks4"):
-        with pytest.raises(OAuthError, match=r"SOCKS.*HTTP proxy"):
+        with pytest.raises(OAuthError, match=r"SOCKS.*HTTP prox"):
             await refresh(fake.config(), "sk-ant-ort01-x", proxy=f"{scheme}://user:secret@127.0.0.1:1080")
     for bad in ("127.0.0.1:8080", "http://127.0.0.1", "http://:8080", "ftp://host:21", "http://host:port"):
         with pytest.raises(OAuthError, match="proxy") as refused:

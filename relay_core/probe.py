@@ -1,0 +1,48 @@
+"""One tiny real request on an account, the way Claude Code probes its quota at startup."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from relay_core.models import Account
+from relay_core.oauth import http_opener
+from relay_core.settings import Settings
+from relay_core.upstream import credential_headers
+
+
+@dataclass
+class ProbeResult:
+    status: int
+    latency_ms: float
+    headers: dict[str, str]
+    body: bytes
+
+
+async def probe(account: Account, secret: str, settings: Settings, model: str) -> ProbeResult:
+    body = json.dumps({"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]})
+    headers = {
+        "content-type": "application/json",
+        "anthropic-version": settings.anthropic_version,
+        "user-agent": settings.oauth.user_agent,
+        **credential_headers(account, secret, None, settings.oauth_beta),
+    }
+    url = (account.base_url or settings.upstream_url).rstrip("/") + "/v1/messages"
+    request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")
+    opener = http_opener(account.proxy)
+
+    def send() -> ProbeResult:
+        started = time.perf_counter()
+        try:
+            with opener.open(request, timeout=30) as response:
+                status, raw, answer = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw, answer = exc.code, exc.headers, exc.read()
+        latency = (time.perf_counter() - started) * 1000
+        return ProbeResult(status, latency, {k.lower(): v for k, v in raw.items()}, answer)
+
+    return await asyncio.to_thread(send)
