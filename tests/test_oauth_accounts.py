@@ -1,0 +1,278 @@
+"""Subscription accounts end to end: sign-in, refresh that never races, failures that say why, no leaks."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import anthropic
+import pytest
+import redis
+from click.testing import CliRunner
+
+from cli.main import main
+from relay_core.crypto import Keyring
+from relay_core.models import Account
+from relay_core.models import AccountKind
+from relay_core.models import new_id
+from tests.support.admin import Admin
+from tests.support.fake_oauth import FakeOAuth
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import Reply
+from tests.support.fake_upstream import Seen
+from tests.support.fake_upstream import message_json
+from tests.support.relay_process import RelayProcess
+
+MODEL = "claude-sonnet-4-6"
+MESSAGES = [{"role": "user", "content": "hi"}]
+NO_QUEUE = {"USER_MESSAGE_QUEUE_ENABLED": "false"}
+EXPIRED = b'{"type":"error","error":{"type":"authentication_error","message":"OAuth token has expired."}}'
+
+
+@pytest.fixture
+def oauth(oauth_server: FakeOAuth) -> Iterator[FakeOAuth]:
+    oauth_server.refresh_calls = 0
+    yield oauth_server
+    oauth_server.refresh_delay = 0.0
+    oauth_server.fail_refresh = False
+    oauth_server.rotate_refresh_tokens = True
+
+
+@pytest.fixture
+def cli(relay_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
+    for name, value in relay_env.items():
+        monkeypatch.setenv(name, value)
+
+    def invoke(*args: str, ok: bool = True) -> str:
+        result = CliRunner().invoke(main, list(args))
+        assert (result.exit_code == 0) == ok, result.output
+        return result.output
+
+    return invoke
+
+
+class TokenCheckingUpstream:
+    """Accepts a bearer token only if the OAuth server issued it and it has not been declared expired."""
+
+    def __init__(self, upstream: FakeUpstream, oauth: FakeOAuth) -> None:
+        self.expired: set[str] = set()
+        self.oauth = oauth
+        upstream.handler = self
+
+    def __call__(self, seen: Seen) -> Reply:
+        token = seen.headers.get("authorization", "").removeprefix("Bearer ")
+        if token in self.expired or token not in self.oauth._access_tokens:
+            return Reply(status=401, body=EXPIRED)
+        return Reply(body=message_json(MODEL, {"input_tokens": 3, "output_tokens": 2}))
+
+
+def add_signed_in_account(
+    admin: Admin, oauth: FakeOAuth, name: str, expires_in: float, **fields
+) -> tuple[Account, dict]:
+    issued = oauth.issue_tokens()
+    account_id = new_id()
+    seal = admin.runtime.keyring.seal
+    account = Account(
+        id=account_id,
+        name=name,
+        kind=AccountKind.OAUTH,
+        sealed_secret=seal(issued["access_token"], account_id),
+        sealed_refresh_token=seal(issued["refresh_token"], account_id),
+        expires_at=time.time() + expires_in,
+        **fields,
+    )
+    admin._run(lambda rt: rt.store.create_account(account))
+    return account, issued
+
+
+def stored_account(admin: Admin, name: str) -> Account:
+    account = admin._run(lambda rt: rt.store.find_account(name))
+    assert account is not None
+    return account
+
+
+def raw_store(valkey_url: str) -> bytes:
+    client = redis.Redis.from_url(valkey_url)
+    dump = b""
+    for key in client.keys("*"):
+        dump += key
+        if client.type(key) == b"hash":
+            dump += b"".join(k + v for k, v in client.hgetall(key).items())
+        elif client.type(key) == b"string":
+            dump += client.get(key) or b""
+        else:
+            dump += client.dump(key) or b""
+    client.close()
+    return dump
+
+
+def test_sign_in_with_pasted_code(
+    cli, relay: RelayProcess, admin: Admin, oauth: FakeOAuth, upstream: FakeUpstream
+) -> None:
+    started = json.loads(cli("accounts", "add-oauth", "max-1", "--no-wait", "--format", "json"))
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(started["authorize_url"]).query)
+    assert query["code_challenge_method"] == ["S256"] and query["response_type"] == ["code"]
+    code = oauth.authorize(query["code_challenge"][0], query["state"][0], query["scope"][0])
+
+    shown = json.loads(
+        cli("accounts", "add-oauth", "max-1", "--code", f"{code}#{query['state'][0]}", "--format", "json")
+    )
+    assert (shown["name"], shown["kind"], shown["state"]) == ("max-1", "oauth", "active")
+    assert (shown["email"], shown["organization"], shown["refreshable"]) == ("owner@example.com", "Example Org", True)
+
+    # the stored token works: a request through the relay reaches the upstream with it
+    TokenCheckingUpstream(upstream, oauth)
+    key = admin.create_key("team")
+    client = anthropic.Anthropic(base_url=relay.url, auth_token=key, max_retries=0)
+    assert client.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES).content[0].text
+    assert upstream.requests[-1].headers["authorization"].startswith("Bearer sk-ant-oat01-fake-")
+
+
+def test_sign_in_refuses_a_wrong_state_and_a_stale_code(cli, admin: Admin, oauth: FakeOAuth) -> None:
+    started = json.loads(cli("accounts", "add-oauth", "max-2", "--no-wait", "--format", "json"))
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(started["authorize_url"]).query)
+    code = oauth.authorize(query["code_challenge"][0], query["state"][0])
+    refused = cli("accounts", "add-oauth", "max-2", "--code", f"{code}#not-the-state", ok=False)
+    assert "state" in refused
+    assert "no sign-in of 'max-2' is waiting" in cli("accounts", "add-oauth", "max-2", "--code", f"{code}#x", ok=False)
+    assert stored_account_or_none(admin, "max-2") is None
+
+
+def stored_account_or_none(admin: Admin, name: str) -> Account | None:
+    return admin._run(lambda rt: rt.store.find_account(name))
+
+
+def test_sign_in_reads_the_pasted_code_from_stdin(
+    cli, monkeypatch: pytest.MonkeyPatch, oauth: FakeOAuth, admin: Admin
+) -> None:
+    import cli.signin as signin
+
+    pkce = signin.oauth.new_pkce()
+    monkeypatch.setattr(signin.oauth, "new_pkce", lambda: pkce)  # known in advance, so the code can be too
+    code = oauth.authorize(pkce.challenge, pkce.state)
+    result = CliRunner().invoke(
+        main, ["accounts", "add-oauth", "max-3", "--format", "json"], input=f"{code}#{pkce.state}\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert "oauth/authorize?" in result.output
+    assert stored_account(admin, "max-3").email == "owner@example.com"
+
+
+def test_concurrent_requests_on_two_relays_refresh_once(
+    start_relay, admin: Admin, oauth: FakeOAuth, upstream: FakeUpstream, valkey_url: str, cli
+) -> None:
+    relays = [start_relay(**NO_QUEUE), start_relay(**NO_QUEUE)]
+    checker = TokenCheckingUpstream(upstream, oauth)
+    _, issued = add_signed_in_account(admin, oauth, "max-1", expires_in=-10)  # already expired
+    checker.expired.add(issued["access_token"])
+    oauth.refresh_delay = 0.5  # a wide window for a race
+    key = admin.create_key("team")
+    barrier = threading.Barrier(20)
+
+    def one(n: int) -> str:
+        client = anthropic.Anthropic(base_url=relays[n % 2].url, auth_token=key, max_retries=0)
+        barrier.wait()
+        return client.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES).content[0].text
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(one, range(20)))
+
+    assert len(answers) == 20 and all(answers)
+    assert oauth.refresh_calls == 1
+    tokens_used = {seen.headers["authorization"].removeprefix("Bearer ") for seen in upstream.requests}
+    assert len(tokens_used) == 1 and issued["access_token"] not in tokens_used
+    stored = stored_account(admin, "max-1")
+    keyring = admin.runtime.keyring
+    stored_refresh = keyring.open(stored.sealed_refresh_token, stored.id)
+    assert stored_refresh != issued["refresh_token"] and oauth.refresh_token_valid(stored_refresh)
+    assert keyring.open(stored.sealed_secret, stored.id) in tokens_used
+    assert stored.expires_at > time.time() + 3600
+
+    # Acceptance 4: no token anywhere in clear: relay logs, CLI output, the raw store.
+    secrets_seen = [issued["access_token"], issued["refresh_token"], stored_refresh, *tokens_used]
+    outputs = cli("accounts", "list", "--format", "json") + cli("accounts", "show", "max-1", "--format", "json")
+    dump = raw_store(valkey_url)
+    for secret in secrets_seen:
+        for relay in relays:
+            assert secret not in relay.log()
+        assert secret not in outputs
+        assert secret.encode() not in dump
+
+
+def test_failed_refresh_marks_the_account_and_traffic_moves_on(
+    start_relay, admin: Admin, oauth: FakeOAuth, upstream: FakeUpstream, cli
+) -> None:
+    relay = start_relay(**NO_QUEUE)
+    TokenCheckingUpstream(upstream, oauth)
+    add_signed_in_account(admin, oauth, "max-bad", expires_in=-10, priority=90)
+    add_signed_in_account(admin, oauth, "max-good", expires_in=3600, priority=10)
+    oauth.fail_refresh = True
+    key = admin.create_key("team")
+    client = anthropic.Anthropic(base_url=relay.url, auth_token=key, max_retries=0)
+    for _ in range(3):
+        assert client.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES).content[0].text
+    assert oauth.refresh_calls >= 1
+    rows = {row["name"]: row for row in json.loads(cli("accounts", "list", "--format", "json"))}
+    assert rows["max-bad"]["state"] == "error"
+    assert "Refresh token revoked" in rows["max-bad"]["last_error"]
+    assert rows["max-good"]["state"] == "active" and rows["max-good"]["requests_today"] == 3
+    # no request was sent with the expired token
+    bad = stored_account(admin, "max-bad")
+    bad_token = admin.runtime.keyring.open(bad.sealed_secret, bad.id)
+    assert all(bad_token not in seen.headers.get("authorization", "") for seen in upstream.requests)
+
+
+def test_upstream_401_refreshes_once_and_the_sdk_retry_succeeds(
+    start_relay, admin: Admin, oauth: FakeOAuth, upstream: FakeUpstream
+) -> None:
+    relay = start_relay(**NO_QUEUE)
+    checker = TokenCheckingUpstream(upstream, oauth)
+    _, issued = add_signed_in_account(admin, oauth, "max-1", expires_in=3600)
+    checker.expired.add(issued["access_token"])  # revoked early on the server side
+    key = admin.create_key("team")
+    client = anthropic.Anthropic(base_url=relay.url, auth_token=key)  # default retries
+    assert client.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES).content[0].text
+    assert oauth.refresh_calls == 1
+    assert [seen.headers["authorization"] == f"Bearer {issued['access_token']}" for seen in upstream.requests] == [
+        True,
+        False,
+    ]
+
+
+def test_manual_refresh_and_undecryptable_tokens(
+    cli, admin: Admin, oauth: FakeOAuth, relay: RelayProcess, upstream: FakeUpstream
+) -> None:
+    _, issued = add_signed_in_account(admin, oauth, "max-1", expires_in=3600)
+    shown = json.loads(cli("accounts", "refresh", "max-1", "--format", "json"))
+    assert shown["refreshed_at"] and issued["refresh_token"] not in json.dumps(shown)
+    assert not oauth.refresh_token_valid(issued["refresh_token"])  # rotated
+
+    # an account sealed under another server secret: clear error naming it, traffic moves on
+    other = Keyring("another-secret-" + "x" * 40)
+    account_id = new_id()
+    orphan = Account(
+        id=account_id,
+        name="orphan",
+        kind=AccountKind.CONSOLE,
+        priority=99,
+        sealed_secret=other.seal("sk-ant-api03-orphan", account_id),
+    )
+    admin._run(lambda rt: rt.store.create_account(orphan))
+    TokenCheckingUpstream(upstream, oauth)
+    key = admin.create_key("team")
+    client = anthropic.Anthropic(base_url=relay.url, auth_token=key, max_retries=0)
+    assert (
+        client.messages.create(
+            model=MODEL,
+            max_tokens=5,
+            messages=[{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "x"}]}],
+        )
+        .content[0]
+        .text
+    )
+    rows = {row["name"]: row for row in json.loads(cli("accounts", "list", "--format", "json"))}
+    assert rows["orphan"]["state"] == "error" and "decrypted" in rows["orphan"]["last_error"]
