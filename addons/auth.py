@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from mitmproxy import http
 
@@ -12,6 +13,9 @@ from addons.relay_runtime import RelayRuntime
 from relay_core.errors import RelayError
 from relay_core.errors import store_unavailable
 from relay_core.errors import unauthenticated
+from relay_core.limits import is_claude_code
+from relay_core.limits import periods
+from relay_core.limits import refusal_error
 from relay_core.sessions import session_from_headers
 from relay_core.store import StoreError
 
@@ -48,8 +52,15 @@ class Auth:
         runtime = self.shared.current()
         try:
             state.session = session_from_headers(flow.request.headers)
+            now = time.time()
+            now_periods = periods(now, runtime.store.zone)
             admission = await runtime.store.admit(
-                runtime.keyring.hash_team_key(key), state.request_id, runtime.settings.lease_ttl_ms, state.session
+                runtime.keyring.hash_team_key(key),
+                state.request_id,
+                runtime.settings.lease_ttl_ms,
+                state.session,
+                now_periods,
+                is_claude_code(flow.request.headers.get("user-agent", ""), flow.request.headers.get("x-app")),
             )
         except StoreError as exc:
             logger.error("store unavailable during admission: %s", exc)
@@ -58,6 +69,8 @@ class Auth:
             raise unauthenticated("Invalid team key. Ask your relay admin for a valid key.")
         if not admission.key.enabled:
             raise unauthenticated(f"Team key {admission.key.name!r} is disabled. Ask your relay admin to enable it.")
+        if admission.refusal is not None:
+            raise refusal_error(admission.key, admission.refusal, now_periods, now)
         if admission.lease == 1:
             state.lease = runtime.store.key_leases(admission.key.id)
             runtime.leases.hold(state.lease, state.request_id)

@@ -11,6 +11,7 @@ from addons.queue_lock import QueueLock
 from addons.recorder import Recorder
 from addons.relay_runtime import RelayRuntime
 from addons.router import Router
+from addons.self_service import SelfService
 from addons.service_endpoints import ServiceEndpoints
 from relay_core.runtime import Runtime
 
@@ -21,6 +22,7 @@ def relay_addons(runtime: Runtime | None = None) -> list[Any]:
     return [
         shared,
         ServiceEndpoints(shared),
+        SelfService(shared),
         Auth(shared),
         Router(shared),
         QueueLock(shared),

@@ -15,6 +15,7 @@ from addons.common import state_of
 from addons.relay_runtime import RelayRuntime
 from relay_core.flow_state import FlowState
 from relay_core.health import Outcome
+from relay_core.metering import charge_of
 from relay_core.metering import record_from_body
 from relay_core.metering import record_from_stream
 from relay_core.sse import SseUsageMeter
@@ -98,7 +99,13 @@ class Recorder:
         )
         runtime.spawn(
             runtime.store.record_completion(
-                state.account.id, outcome, settings.health_rules, usage, settings.usage_retention_days, sticky
+                state.account.id,
+                outcome,
+                settings.health_rules,
+                usage,
+                settings.usage_retention_days,
+                sticky,
+                charge_of(state.key, usage, runtime.store.zone) if usage is not None else None,
             ),
             "completion write",
         )

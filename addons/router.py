@@ -17,6 +17,7 @@ from addons.relay_runtime import RelayRuntime
 from relay_core.crypto import DecryptError
 from relay_core.flow_state import FlowState
 from relay_core.health import AccountState
+from relay_core.limits import check_model
 from relay_core.models import Account
 from relay_core.request_body import parse_message_request
 from relay_core.routes import Route
@@ -80,6 +81,7 @@ class Router:
         settings = runtime.settings
         if state.route in (Route.MESSAGES, Route.COUNT_TOKENS):
             state.message = parse_message_request(flow.request.raw_content or b"")
+            check_model(state.key, state.message.model)
             if state.session is None and state.route is Route.MESSAGES:
                 state.session = session_from_body(state.message.body)
                 if state.session is not None:

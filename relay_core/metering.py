@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import time
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 from relay_core.flow_state import FlowState
+from relay_core.limits import NANOS_PER_USD
+from relay_core.limits import periods
+from relay_core.models import TeamKey
 from relay_core.pricing import price_usd
 from relay_core.sse import SseUsageMeter
+from relay_core.store import Charge
 from relay_core.store import UsageRecord
 from relay_core.usage import TokenUsage
 
@@ -77,4 +82,19 @@ def _record(
         failed=failed,
         partial=partial,
         estimated=estimated,
+    )
+
+
+def charge_of(key: TeamKey, usage: UsageRecord, zone: ZoneInfo) -> Charge:
+    """What a response costs its key. Tokens counted against token windows: all input (cached or not) and output."""
+    tokens = usage.usage
+    return Charge(
+        key_id=key.id,
+        periods=periods(usage.at, zone),
+        cost_nanousd=int((usage.cost_usd or Decimal(0)) * NANOS_PER_USD),
+        tokens=tokens.input_tokens
+        + tokens.cache_read_input_tokens
+        + tokens.cache_creation_input_tokens
+        + tokens.output_tokens,
+        token_windows=tuple(w.seconds for w in key.limits.windows if w.tokens),
     )

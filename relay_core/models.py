@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import time
 import uuid
 from enum import StrEnum
@@ -14,6 +15,34 @@ def new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+class LimitWindow(BaseModel):
+    """At most `requests` requests and/or `tokens` tokens per fixed window of `seconds` (aligned to the epoch)."""
+
+    seconds: int = Field(ge=1)
+    requests: int | None = Field(None, ge=1)
+    tokens: int | None = Field(None, ge=1)
+
+
+BUDGET_PERIODS = ("day", "week", "month", "total")
+
+
+class KeyLimits(BaseModel):
+    """Every limit is optional; an empty KeyLimits allows everything."""
+
+    windows: list[LimitWindow] = Field(default_factory=list)
+    budgets_nanousd: dict[str, int] = Field(default_factory=dict, description="period -> USD x 1e9")
+    models_allow: list[str] = Field(default_factory=list, description="glob patterns; empty: every model")
+    models_deny: list[str] = Field(default_factory=list, description="glob patterns")
+    claude_code_only: bool = False
+    expires_at: float | None = None
+    expires_after_days: int | None = Field(None, ge=1, description="counted from the key's first use")
+
+    def model_allowed(self, model: str) -> bool:
+        if any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models_deny):
+            return False
+        return not self.models_allow or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models_allow)
+
+
 class TeamKey(BaseModel):
     id: str = Field(default_factory=new_id)
     name: str
@@ -24,6 +53,7 @@ class TeamKey(BaseModel):
     concurrency: int | None = Field(None, ge=1, description="most requests in flight at once")
     account_id: str | None = Field(None, description="bound to this one account")
     group: str | None = Field(None, description="bound to the accounts of this group")
+    limits: KeyLimits = Field(default_factory=KeyLimits)
     created_at: float = Field(default_factory=time.time)
 
 

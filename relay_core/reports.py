@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-from relay_core.store import NANOS_PER_USD
+from relay_core.limits import NANOS_PER_USD
+from relay_core.limits import periods
+from relay_core.models import KeyLimits
+from relay_core.models import TeamKey
+from relay_core.store import Store
 from relay_core.store import UsageCell
 
 GROUPS = ("key", "account", "model", "day", "hour", "month")
@@ -60,3 +66,38 @@ def usage_rows(
         row["cost_usd"] = float(Decimal(counts["cost_nanousd"]) / NANOS_PER_USD)
         rows.append(row)
     return rows
+
+
+def _date(epoch: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds") if epoch else None
+
+
+def limits_view(limits: KeyLimits) -> dict[str, Any]:
+    return {
+        "windows": [w.model_dump(exclude_none=True) for w in limits.windows],
+        "budgets_usd": {period: nanos / NANOS_PER_USD for period, nanos in limits.budgets_nanousd.items()},
+        "models_allow": limits.models_allow,
+        "models_deny": limits.models_deny,
+        "claude_code_only": limits.claude_code_only,
+        "expires_at": _date(limits.expires_at),
+        "expires_after_days": limits.expires_after_days,
+    }
+
+
+async def key_report(store: Store, key: TeamKey, days: int = 7) -> dict[str, Any]:
+    """A key's limits next to its consumption and its recent daily usage (what `keys show` and
+    `GET /relay/usage` show). Never another key's data, never an account's."""
+    now = time.time()
+    now_periods = periods(now, store.zone)
+    used = await store.key_consumption(key, now_periods)
+    today = dt.datetime.fromtimestamp(now, store.zone).date()
+    cells = await store.usage_cells(today - dt.timedelta(days=days - 1), today)
+    return {
+        "used": {
+            "spend_usd": {period: nanos / NANOS_PER_USD for period, nanos in used["spend_nanousd"].items()},
+            "resets_at": {period: _date(p.resets_at) for period, p in now_periods.items() if p.resets_at},
+            "windows": used["windows"],
+            "in_flight": used["in_flight"],
+        },
+        "daily": usage_rows(cells, "day", {}, {}, key_id=key.id),
+    }

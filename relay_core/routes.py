@@ -12,6 +12,7 @@ class Route(StrEnum):
     PROBE = "probe"
     HEALTH = "health"
     TELEMETRY = "telemetry"
+    SELF_SERVICE = "self_service"  # a key's own limits and usage
     UNKNOWN = "unknown"
 
     @property
@@ -41,4 +42,6 @@ def classify(method: str, path: str) -> Route:
             return Route.HEALTH
         case "POST", "/api/event_logging/batch":
             return Route.TELEMETRY
+        case "GET", "/relay/usage":
+            return Route.SELF_SERVICE
     return Route.UNKNOWN

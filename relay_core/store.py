@@ -9,8 +9,10 @@ trip, and a usage write is one pipeline.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -24,11 +26,11 @@ from relay_core.health import AccountHealth
 from relay_core.health import AccountState
 from relay_core.health import HealthRules
 from relay_core.health import Outcome
+from relay_core.limits import NANOS_PER_USD
+from relay_core.limits import Period
 from relay_core.models import Account
 from relay_core.models import TeamKey
 from relay_core.usage import TokenUsage
-
-NANOS_PER_USD = Decimal(1_000_000_000)
 
 # KEYS: names, records[, hashes]  ARGV: name, id, json[, hash]
 _CREATE = """
@@ -43,9 +45,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: key hashes, key records, account records  ARGV: key hash, lease token, lease ttl ms, key tag, session
-# Returns false for an unknown key, else {key json, account jsons, lease, account healths, sticky account}
-# where lease is 0 (no concurrency limit), 1 (lease taken) or -1 (limit reached, nothing taken).
+# KEYS: key hashes, key records, account records
+# ARGV: key hash, lease token, lease ttl ms, key tag, session, day id, week id, month id, from Claude Code (1/0)
+# Returns false for an unknown key, else {key json, account jsons, lease, account healths, sticky account,
+# refusal} where lease is 0 (no concurrency limit), 1 (lease taken) or -1 (limit reached, nothing taken),
+# and refusal is false or the limit that refused the request: {'expired'}, {'client'}, {'window', seconds, what,
+# retry s} or {'budget', period, spent}. A refused request changes nothing.
 _ADMIT = (
     _NOW_MS
     + """
@@ -54,6 +59,57 @@ if not id then return false end
 local key = redis.call('HGET', KEYS[2], id)
 if not key then return false end
 local record = cjson.decode(key)
+local limits = record['limits']
+local now_s = math.floor(now / 1000)
+local refusal = false
+local counted = {}
+if record['enabled'] and type(limits) == 'table' then
+  if type(limits['expires_at']) == 'number' and now_s >= limits['expires_at'] then refusal = {'expired'} end
+  if not refusal and limits['claude_code_only'] == true and ARGV[9] ~= '1' then refusal = {'client'} end
+  if not refusal and type(limits['expires_after_days']) == 'number' then
+    local first_use = ARGV[4] .. ':first_use:' .. id
+    redis.call('SET', first_use, now_s, 'NX')
+    if now_s >= tonumber(redis.call('GET', first_use)) + limits['expires_after_days'] * 86400 then
+      refusal = {'expired'}
+    end
+  end
+  if not refusal and type(limits['windows']) == 'table' then
+    for _, w in ipairs(limits['windows']) do
+      local seconds = w['seconds']
+      local bucket = ARGV[4] .. ':win:' .. id .. ':' .. seconds .. ':' .. math.floor(now_s / seconds)
+      local retry = seconds - (now_s % seconds)
+      if type(w['requests']) == 'number' then
+        if tonumber(redis.call('GET', bucket .. ':r') or '0') >= w['requests'] then
+          refusal = {'window', seconds, 'requests', retry}
+          break
+        end
+        counted[#counted + 1] = {bucket .. ':r', seconds}
+      end
+      if type(w['tokens']) == 'number' and tonumber(redis.call('GET', bucket .. ':t') or '0') >= w['tokens'] then
+        refusal = {'window', seconds, 'tokens', retry}
+        break
+      end
+    end
+  end
+  if not refusal and type(limits['budgets_nanousd']) == 'table' then
+    local period_ids = {day = ARGV[6], week = ARGV[7], month = ARGV[8], total = 'all'}
+    for period, budget in pairs(limits['budgets_nanousd']) do
+      if period_ids[period] then
+        local counter = ARGV[4] .. ':spend:' .. id .. ':' .. period .. ':' .. period_ids[period]
+        local spent = tonumber(redis.call('GET', counter) or '0')
+        if spent >= budget then
+          refusal = {'budget', period, tostring(spent)}
+          break
+        end
+      end
+    end
+  end
+end
+if refusal then return {key, {}, 0, {}, false, refusal} end
+for _, counter in ipairs(counted) do
+  redis.call('INCR', counter[1])
+  redis.call('EXPIRE', counter[1], counter[2] + 1)
+end
 local lease = 0
 local limit = record['concurrency']
 if record['enabled'] and type(limit) == 'number' then
@@ -74,7 +130,7 @@ for i, account in ipairs(accounts) do
 end
 local sticky = false
 if ARGV[5] ~= '' then sticky = redis.call('GET', ARGV[4] .. ':sticky:' .. id .. ':' .. ARGV[5]) end
-return {key, accounts, lease, health, sticky}
+return {key, accounts, lease, health, sticky, false}
 """
 )
 
@@ -192,6 +248,18 @@ class Admission:
     lease: int  # 0: no concurrency limit, 1: lease taken, -1: limit reached
     health: dict[str, AccountHealth]
     sticky: str | None  # the account the session is bound to, when a session id was given
+    refusal: list[str] | None = None  # the key limit that refused the request (see _ADMIT)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What a completed request costs its key: spend per budget period, tokens per token window."""
+
+    key_id: str
+    periods: Mapping[str, Period]
+    cost_nanousd: int
+    tokens: int
+    token_windows: tuple[int, ...]  # window lengths (s) with a token limit
 
 
 @dataclass(frozen=True)
@@ -292,6 +360,11 @@ class Store:
         )
         if not created:
             raise NameTakenError(f"a key named {key.name!r} already exists")
+
+    async def key_by_hash(self, key_hash: str) -> TeamKey | None:
+        key_id = await self._call(self.redis.hget(self.k_key_hashes, key_hash))
+        value = await self._call(self.redis.hget(self.k_keys, key_id)) if key_id else None
+        return TeamKey.model_validate_json(value) if value else None
 
     async def list_keys(self) -> list[TeamKey]:
         values = await self._call(self.redis.hvals(self.k_keys))
@@ -406,18 +479,26 @@ class Store:
     # --- the request path ------------------------------------------------------------------
 
     async def admit(
-        self, key_hash: str, lease_token: str, lease_ttl_ms: int, session: str | None = None
+        self,
+        key_hash: str,
+        lease_token: str,
+        lease_ttl_ms: int,
+        session: str | None = None,
+        now_periods: Mapping[str, Period] | None = None,
+        from_claude_code: bool = True,
     ) -> Admission | None:
-        """One round trip: the key, every account with its health, the key's lease and the session's account."""
+        """One round trip: the key and its limits, every account with its health, the key's lease and the
+        session's account."""
+        ids = [now_periods[p].id if now_periods else "" for p in ("day", "week", "month")]
         found = await self._call(
             self._admit(
                 keys=[self.k_key_hashes, self.k_keys, self.k_accounts],
-                args=[key_hash, lease_token, lease_ttl_ms, self.tag, session or ""],
+                args=[key_hash, lease_token, lease_ttl_ms, self.tag, session or "", *ids, int(from_claude_code)],
             )
         )
         if not found:
             return None
-        key_json, account_jsons, lease, healths, sticky = found
+        key_json, account_jsons, lease, healths, sticky, refusal = found
         accounts = [Account.model_validate_json(v) for v in account_jsons]
         return Admission(
             key=TeamKey.model_validate_json(key_json),
@@ -425,6 +506,7 @@ class Store:
             lease=int(lease),
             health={a.id: _health(flat) for a, flat in zip(accounts, healths, strict=True)},
             sticky=sticky.decode() if sticky else None,
+            refusal=[part.decode() if isinstance(part, bytes) else str(part) for part in refusal] if refusal else None,
         )
 
     def _sticky(self, binding: StickyBinding) -> str:
@@ -466,11 +548,15 @@ class Store:
         usage: UsageRecord | None = None,
         retention_days: int = 400,
         sticky: StickyBinding | None = None,
+        charge: Charge | None = None,
     ) -> None:
-        """Everything one finished response changes, in one pipeline: usage, account health, stickiness."""
+        """Everything one finished response changes, in one pipeline: usage, account health, stickiness,
+        the key's spend and token windows."""
         pipe = self.redis.pipeline(transaction=False)
         if usage is not None:
             self._add_usage(pipe, usage, retention_days)
+        if charge is not None:
+            self._add_charge(pipe, charge)
         if outcome is not None:
             args: list[str | int | float] = [
                 outcome.status,
@@ -566,6 +652,49 @@ class Store:
 
     def local_time(self, epoch: float) -> dt.datetime:
         return dt.datetime.fromtimestamp(epoch, self.zone)
+
+    def spend_key(self, key_id: str, period: str, period_id: str) -> str:
+        return f"{self.tag}:spend:{key_id}:{period}:{period_id}"
+
+    def window_key(self, key_id: str, seconds: int, now: float) -> str:
+        return f"{self.tag}:win:{key_id}:{seconds}:{int(now) // seconds}"
+
+    def _add_charge(self, pipe: Any, charge: Charge) -> None:
+        if charge.cost_nanousd:
+            for period, current in charge.periods.items():
+                counter = self.spend_key(charge.key_id, period, current.id)
+                pipe.incrby(counter, charge.cost_nanousd)
+                if current.keep_s:
+                    pipe.expire(counter, current.keep_s)
+        if charge.tokens:
+            now = time.time()
+            for seconds in charge.token_windows:
+                counter = self.window_key(charge.key_id, seconds, now) + ":t"
+                pipe.incrby(counter, charge.tokens)
+                pipe.expire(counter, seconds + 1)
+
+    async def key_consumption(self, key: TeamKey, now_periods: Mapping[str, Period]) -> dict[str, Any]:
+        """Spend per budget period, use of the current windows, leases in use: what `keys show` prints."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        for period, current in now_periods.items():
+            pipe.get(self.spend_key(key.id, period, current.id))
+        for window in key.limits.windows:
+            bucket = self.window_key(key.id, window.seconds, now)
+            pipe.get(bucket + ":r")
+            pipe.get(bucket + ":t")
+        values = [int(v or 0) for v in await self._call(pipe.execute())]
+        spend = dict(zip(now_periods, values, strict=False))
+        rest = values[len(now_periods) :]
+        windows = [
+            {"seconds": w.seconds, "requests": rest[2 * i], "tokens": rest[2 * i + 1]}
+            for i, w in enumerate(key.limits.windows)
+        ]
+        return {
+            "spend_nanousd": spend,
+            "windows": windows,
+            "in_flight": await self.count_leases(self.key_leases(key.id)),
+        }
 
     def _add_usage(self, pipe: Any, record: UsageRecord, retention_days: int) -> None:
         when = self.local_time(record.at)

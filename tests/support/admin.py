@@ -60,6 +60,15 @@ class Admin:
 
         self._run(op)
 
+    def update_key(self, name: str, change: Callable[[TeamKey], None]) -> None:
+        async def op(rt: Runtime) -> None:
+            key = await rt.store.find_key(name)
+            assert key is not None
+            change(key)
+            await rt.store.save_key(key)
+
+        self._run(op)
+
     def set_key_concurrency(self, name: str, concurrency: int | None) -> None:
         async def op(rt: Runtime) -> None:
             key = await rt.store.find_key(name)

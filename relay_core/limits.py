@@ -1,0 +1,116 @@
+"""Team-key limits: the calendar periods budgets run in, and the refusals a person can act on.
+
+Windows, budgets and expiry are checked atomically in the store's admission script (one round trip;
+a refused request consumes nothing). Spend is charged when a response completes, so parallel
+requests can overshoot a budget by at most the cost of the requests already in flight when it ran
+out. Model rules and the client restriction need the body and headers and are checked here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from relay_core.errors import RelayError
+from relay_core.models import TeamKey
+
+NANOS_PER_USD = 1_000_000_000
+CLAUDE_CODE_AGENT = "claude-cli/"
+CLAUDE_CODE_APPS = ("cli", "cli-bg")
+
+
+@dataclass(frozen=True)
+class Period:
+    id: str
+    resets_at: float | None  # epoch seconds; None for "total"
+    keep_s: int | None  # how long its spend counter is worth keeping
+
+
+def periods(epoch: float, zone: ZoneInfo) -> dict[str, Period]:
+    """The day, ISO week and month containing `epoch` in the configured zone, and when each ends."""
+    now = dt.datetime.fromtimestamp(epoch, zone)
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    next_day = (day_start + dt.timedelta(days=1)).replace(tzinfo=None).replace(tzinfo=zone)
+    week_start = day_start - dt.timedelta(days=now.weekday())
+    next_week = (week_start + dt.timedelta(days=7)).replace(tzinfo=None).replace(tzinfo=zone)
+    month_start = day_start.replace(day=1)
+    next_month = (month_start + dt.timedelta(days=32)).replace(day=1, tzinfo=None).replace(tzinfo=zone)
+    year, week, _ = now.isocalendar()
+    return {
+        "day": Period(now.date().isoformat(), next_day.timestamp(), 3 * 86400),
+        "week": Period(f"{year}-W{week:02d}", next_week.timestamp(), 15 * 86400),
+        "month": Period(now.strftime("%Y-%m"), next_month.timestamp(), 63 * 86400),
+        "total": Period("all", None, None),
+    }
+
+
+def usd(nanos: int | float) -> str:
+    return f"${nanos / NANOS_PER_USD:,.2f}"
+
+
+def _at(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def refusal_error(key: TeamKey, refusal: list[str], now_periods: Mapping[str, Period], now: float) -> RelayError:
+    """The admission script's refusal, as the answer a client handles and a person understands."""
+    kind = refusal[0]
+    if kind == "client":
+        return RelayError(
+            403,
+            "permission_error",
+            f"Team key {key.name!r} may only be used from Claude Code. Use it "
+            "there, or ask your relay admin for a key without this restriction.",
+            should_retry=False,
+        )
+    if kind == "expired":
+        return RelayError(
+            401,
+            "authentication_error",
+            f"Team key {key.name!r} has expired. Ask your relay admin for a new one.",
+            should_retry=False,
+        )
+    if kind == "window":
+        seconds, what, retry = int(refusal[1]), refusal[2], int(refusal[3])
+        window = next((w for w in key.limits.windows if w.seconds == seconds), None)
+        allowed = (window.requests if what == "requests" else window.tokens) if window else None
+        return RelayError(
+            429,
+            "rate_limit_error",
+            f"Team key {key.name!r} allows {allowed} {what} per {seconds} s and has used them. Wait {retry} s.",
+            retry_after=retry,
+            should_retry=retry <= 60,
+        )
+    period, spent = refusal[1], int(refusal[2])
+    budget = key.limits.budgets_nanousd.get(period, 0)
+    resets_at = now_periods[period].resets_at
+    when = f" It resets at {_at(resets_at)}." if resets_at else " It does not reset; ask your relay admin to raise it."
+    return RelayError(
+        402,
+        "billing_error",
+        f"Team key {key.name!r} has used its {period} budget of {usd(budget)} ({usd(spent)} spent).{when}",
+        retry_after=max(1, math.ceil(resets_at - now)) if resets_at else None,
+        should_retry=False,
+    )
+
+
+def is_claude_code(user_agent: str, app: str | None) -> bool:
+    """What `claude_code_only` admits: Claude Code's user agent, and its x-app when it sends one."""
+    return user_agent.startswith(CLAUDE_CODE_AGENT) and (app is None or app in CLAUDE_CODE_APPS)
+
+
+def check_model(key: TeamKey, model: str) -> None:
+    if key.limits.model_allowed(model):
+        return
+    allowed = ", ".join(key.limits.models_allow) or "any model"
+    denied = f"; never {', '.join(key.limits.models_deny)}" if key.limits.models_deny else ""
+    raise RelayError(
+        403,
+        "permission_error",
+        f"Team key {key.name!r} may not use {model!r} (allowed: {allowed}{denied}). Pick another model "
+        "or ask your relay admin.",
+        should_retry=False,
+    )
