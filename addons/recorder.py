@@ -20,6 +20,7 @@ from relay_core.metering import record_from_body
 from relay_core.metering import record_from_stream
 from relay_core.sse import SseUsageMeter
 from relay_core.store import StickyBinding
+from relay_core.store import StoreError
 from relay_core.store import UsageRecord
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class Recorder:
             state.meter = SseUsageMeter()
             flow.response.stream = _Tap(state.meter)
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         state = self._pending(flow)
         if state is None or flow.response is None:
             return
@@ -72,9 +73,9 @@ class Recorder:
             usage = record_from_stream(state, state.meter, status, True, settings.price_overrides)
         elif state.route.is_metered:
             usage = record_from_body(state, flow.response.content, status, settings.price_overrides)
-        self._record(state, usage, state.outcome)
+        await self._record(state, usage, state.outcome)
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    async def error(self, flow: http.HTTPFlow) -> None:
         """Client gone or upstream died: keep what the stream already showed."""
         state = self._pending(flow)
         if state is None:
@@ -85,9 +86,11 @@ class Recorder:
             usage = record_from_stream(state, state.meter or SseUsageMeter(), 502, False, settings.price_overrides)
         client_gone = flow.error is not None and "client disconnected" in flow.error.msg.lower()
         upstream_failed = flow.response is None and not client_gone
-        self._record(state, usage, Outcome(status=502, count_failure=True) if upstream_failed else None)
+        await self._record(state, usage, Outcome(status=502, count_failure=True) if upstream_failed else None)
 
-    def _record(self, state: FlowState, usage: UsageRecord | None, outcome: Outcome | None) -> None:
+    async def _record(self, state: FlowState, usage: UsageRecord | None, outcome: Outcome | None) -> None:
+        """In the background, except for keys with budgets or token windows: their charge lands before the
+        answer ends, so a budget is overshot by at most the requests in flight (one store round trip)."""
         assert state.account is not None and state.key is not None
         state.recorded = True
         runtime = self.shared.current()
@@ -97,15 +100,19 @@ class Recorder:
             if state.session is not None
             else None
         )
-        runtime.spawn(
-            runtime.store.record_completion(
-                state.account.id,
-                outcome,
-                settings.health_rules,
-                usage,
-                settings.usage_retention_days,
-                sticky,
-                charge_of(state.key, usage, runtime.store.zone) if usage is not None else None,
-            ),
-            "completion write",
+        write = runtime.store.record_completion(
+            state.account.id,
+            outcome,
+            settings.health_rules,
+            usage,
+            settings.usage_retention_days,
+            sticky,
+            charge_of(state.key, usage, runtime.store.zone) if usage is not None else None,
         )
+        if usage is not None and state.key.limits.charged_at_completion:
+            try:
+                await write
+            except StoreError as exc:
+                logger.error("could not charge key %r: %s", state.key.name, exc)
+        else:
+            runtime.spawn(write, "completion write")

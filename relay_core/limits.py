@@ -1,9 +1,9 @@
 """Team-key limits: the calendar periods budgets run in, and the refusals a person can act on.
 
 Windows, budgets and expiry are checked atomically in the store's admission script (one round trip;
-a refused request consumes nothing). Spend is charged when a response completes, so parallel
-requests can overshoot a budget by at most the cost of the requests already in flight when it ran
-out. Model rules and the client restriction need the body and headers and are checked here.
+a refused request consumes nothing). Spend is charged when a response completes, before its last
+byte leaves the relay, so parallel requests overshoot a budget by at most the cost of the requests
+in flight when it ran out. Model rules need the body and are checked here.
 """
 
 from __future__ import annotations

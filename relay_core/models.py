@@ -37,6 +37,11 @@ class KeyLimits(BaseModel):
     expires_at: float | None = None
     expires_after_days: int | None = Field(None, ge=1, description="counted from the key's first use")
 
+    @property
+    def charged_at_completion(self) -> bool:
+        """Budgets and token windows must see a request's cost before the key's next request is admitted."""
+        return bool(self.budgets_nanousd) or any(w.tokens for w in self.windows)
+
     def model_allowed(self, model: str) -> bool:
         if any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models_deny):
             return False
