@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 class Router:
     def __init__(self, shared: RelayRuntime) -> None:
         self.shared = shared
+        self._proxy_authorization: dict[tuple[str, int], str] = {}  # proxy address -> Proxy-Authorization
 
     async def _account_and_secret(self, state: FlowState, runtime: Runtime) -> tuple[Account, str]:
         """Schedule; refresh a token that is due; an account that cannot be used is marked and skipped."""
@@ -65,10 +66,12 @@ class Router:
             unusable.add(account.id)
 
     def http_connect_upstream(self, flow: http.HTTPFlow) -> None:
-        """The CONNECT to an account's proxy carries the proxy's credentials."""
-        state = state_of(flow)
-        if state is not None and state.proxy_authorization:
-            flow.request.headers["proxy-authorization"] = state.proxy_authorization
+        """The CONNECT to an account's proxy carries the proxy's credentials. mitmproxy tunnels every proxied
+        connection through a new flow and connection of its own, so credentials are found by proxy address
+        (accounts that share a proxy address share its credentials)."""
+        authorization = self._proxy_authorization.get(flow.server_conn.address)
+        if authorization:
+            flow.request.headers["proxy-authorization"] = authorization
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -105,6 +108,7 @@ class Router:
         if account.proxy:
             proxy = proxy_of(account.proxy)
             flow.server_conn.via = ("http", (proxy.host, proxy.port))
-            state.proxy_authorization = proxy.authorization
+            if proxy.authorization:
+                self._proxy_authorization[(proxy.host, proxy.port)] = proxy.authorization
         state.account = account
         state.routed = True

@@ -35,7 +35,6 @@ class FlowState:
     routed: bool = False
     refused: bool = False  # the relay answered itself: nothing upstream to record
     lease: str | None = None  # the key's lease set, while this request holds a concurrency lease
-    proxy_authorization: str | None = None  # for the CONNECT to the account's proxy
     lock_account: str | None = None  # the account whose rate lock this request holds
     meter: SseUsageMeter | None = None
     outcome: Outcome | None = None

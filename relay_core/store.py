@@ -19,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 from redis.exceptions import RedisError
 from redis.exceptions import WatchError
 
@@ -570,11 +571,18 @@ class Store:
             ]
             for name, value in outcome.rate_limits.items():
                 args += [name, value]
-            await self._note_outcome(keys=[self.health_key(account_id)], args=args, client=pipe)
+            note = (self.health_key(account_id), *args)
+            # A plain EVALSHA: a Script object would make redis-py send SCRIPT EXISTS first (a round trip).
+            pipe.evalsha(self._note_outcome.sha, 1, *note)
         if sticky is not None and outcome is not None and outcome.status < 400:
             pipe.set(self._sticky(sticky), account_id, ex=sticky.ttl_s)
-        if len(pipe):
-            await self._call(pipe.execute())
+        if not len(pipe):
+            return
+        for result in await self._call(pipe.execute(raise_on_error=False)):
+            if isinstance(result, NoScriptError):  # the store restarted empty: load it, run only that command
+                await self._call(self._note_outcome(keys=[note[0]], args=list(note[1:])))
+            elif isinstance(result, Exception):
+                raise StoreError(str(result))
 
     def key_leases(self, key_id: str) -> str:
         return f"{self.tag}:leases:key:{key_id}"

@@ -276,3 +276,30 @@ def test_manual_refresh_and_undecryptable_tokens(
     )
     rows = {row["name"]: row for row in json.loads(cli("accounts", "list", "--format", "json"))}
     assert rows["orphan"]["state"] == "error" and "decrypted" in rows["orphan"]["last_error"]
+
+
+def test_an_accounts_traffic_leaves_through_its_proxy(
+    relay: RelayProcess, admin: Admin, upstream: FakeUpstream, oauth: FakeOAuth
+) -> None:
+    from tests.support.forward_proxy import ForwardProxy
+
+    proxy = ForwardProxy()
+    try:
+        TokenCheckingUpstream(upstream, oauth)
+        add_signed_in_account(
+            admin, oauth, "proxied", expires_in=3600, proxy=f"http://relay:s%40cret@127.0.0.1:{proxy.port}"
+        )
+        key = admin.create_key("team")
+        client = anthropic.Anthropic(base_url=relay.url, auth_token=key, max_retries=0)
+        assert client.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES).content[0].text
+        assert len(upstream.requests) == 1
+        (_, target, authorization), *_ = proxy.seen
+        assert upstream.url.removeprefix("http://") in target
+        assert authorization == "Basic cmVsYXk6c0BjcmV0"  # relay:s@cret
+    finally:
+        proxy.stop()
+
+
+def test_socks_proxies_are_refused_clearly(cli) -> None:
+    refused = cli("accounts", "add-console", "socks", "--api-key", "k", "--proxy", "socks5://127.0.0.1:1080", ok=False)
+    assert "SOCKS proxies are not supported" in refused and "HTTP-to-SOCKS bridge" in refused
