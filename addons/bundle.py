@@ -6,6 +6,7 @@ from typing import Any
 
 from addons.auth import Auth
 from addons.concurrency_lease import ConcurrencyLease
+from addons.error_pages import AnthropicErrorPages
 from addons.failover import Failover
 from addons.queue_lock import QueueLock
 from addons.recorder import Recorder
@@ -21,6 +22,7 @@ def relay_addons(runtime: Runtime | None = None) -> list[Any]:
     # RelayRuntime appends FailClosedGate at the very end of mitmproxy's chain once everything is loaded.
     return [
         shared,
+        AnthropicErrorPages(),
         ServiceEndpoints(shared),
         SelfService(shared),
         Auth(shared),
