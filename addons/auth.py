@@ -8,7 +8,7 @@ import time
 from mitmproxy import http
 
 from addons.common import fail_closed
-from addons.common import state_of
+from addons.common import pending_state
 from addons.relay_runtime import RelayRuntime
 from relay_core.errors import RelayError
 from relay_core.errors import store_unavailable
@@ -39,9 +39,7 @@ class Auth:
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
-            return
-        state = state_of(flow)
+        state = pending_state(flow)
         if state is None or not state.route.is_relayed:
             return
         key = presented_key(flow.request.headers)

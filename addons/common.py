@@ -22,6 +22,13 @@ def state_of(flow: http.HTTPFlow) -> FlowState | None:
     return flow.metadata.get(METADATA_KEY)
 
 
+def pending_state(flow: http.HTTPFlow) -> FlowState | None:
+    """The flow's state while its request still waits for the relay (not answered, not failed, live)."""
+    if flow.response or flow.error or not flow.live:
+        return None
+    return state_of(flow)
+
+
 def refuse(flow: http.HTTPFlow, error: RelayError) -> None:
     """Answer the flow locally with an Anthropic-shaped error; nothing goes upstream."""
     state = state_of(flow)

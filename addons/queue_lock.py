@@ -11,6 +11,7 @@ import logging
 from mitmproxy import http
 
 from addons.common import fail_closed
+from addons.common import pending_state
 from addons.common import state_of
 from addons.relay_runtime import RelayRuntime
 from relay_core.errors import RelayError
@@ -25,9 +26,7 @@ class QueueLock:
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
-            return
-        state = state_of(flow)
+        state = pending_state(flow)
         if state is None or not state.routed or state.account is None or state.message is None:
             return
         runtime = self.shared.current()

@@ -93,6 +93,7 @@ class Recorder:
         answer ends, so a budget is overshot by at most the requests in flight (one store round trip)."""
         assert state.account is not None and state.key is not None
         state.recorded = True
+        state.usage = usage
         runtime = self.shared.current()
         settings = runtime.settings
         sticky = (

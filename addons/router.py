@@ -12,7 +12,7 @@ import time
 from mitmproxy import http
 
 from addons.common import fail_closed
-from addons.common import state_of
+from addons.common import pending_state
 from addons.relay_runtime import RelayRuntime
 from relay_core.crypto import DecryptError
 from relay_core.flow_state import FlowState
@@ -75,9 +75,7 @@ class Router:
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
-            return
-        state = state_of(flow)
+        state = pending_state(flow)
         if state is None or state.key is None or not state.route.is_relayed:
             return
         runtime = self.shared.current()

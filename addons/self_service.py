@@ -8,7 +8,7 @@ from mitmproxy import http
 
 from addons.auth import presented_key
 from addons.common import fail_closed
-from addons.common import state_of
+from addons.common import pending_state
 from addons.relay_runtime import RelayRuntime
 from relay_core.errors import store_unavailable
 from relay_core.errors import unauthenticated
@@ -24,9 +24,7 @@ class SelfService:
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
-            return
-        state = state_of(flow)
+        state = pending_state(flow)
         if state is None or state.route is not Route.SELF_SERVICE:
             return
         secret = presented_key(flow.request.headers)

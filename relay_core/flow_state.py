@@ -14,6 +14,7 @@ from relay_core.models import TeamKey
 from relay_core.request_body import MessageRequest
 from relay_core.routes import Route
 from relay_core.sse import SseUsageMeter
+from relay_core.store import UsageRecord
 
 METADATA_KEY = "relay"
 
@@ -38,6 +39,7 @@ class FlowState:
     lock_account: str | None = None  # the account whose rate lock this request holds
     meter: SseUsageMeter | None = None
     outcome: Outcome | None = None
+    usage: UsageRecord | None = None  # what the Recorder wrote, for the request log
     recorded: bool = False
 
     @property

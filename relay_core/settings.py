@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     lease_ttl_ms: int = Field(
         30000, ge=1000, description="concurrency leases of a relay that died expire after this; live ones are renewed"
     )
+    request_log: str = Field("text", pattern="^(text|json|off)$", description="one line per request: text, json or off")
     price_overrides: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="USD per million tokens for models genai-prices does not know: "

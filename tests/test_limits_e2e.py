@@ -20,6 +20,8 @@ from relay_core.models import LimitWindow
 from relay_core.pricing import price_usd
 from relay_core.usage import TokenUsage
 from tests.support.admin import Admin
+from tests.support.fake_upstream import OPUS_EXAMPLE_COST
+from tests.support.fake_upstream import OPUS_EXAMPLE_USAGE
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.fake_upstream import Reply
 from tests.support.fake_upstream import Seen
@@ -29,15 +31,6 @@ from tests.support.relay_process import RelayProcess
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 OPUS = "claude-opus-4-8"
-# $0.04357 per request (the pricing example)
-OPUS_USAGE = {
-    "input_tokens": 1234,
-    "output_tokens": 321,
-    "cache_read_input_tokens": 30000,
-    "cache_creation_input_tokens": 2000,
-    "cache_creation": {"ephemeral_5m_input_tokens": 1500, "ephemeral_1h_input_tokens": 500},
-}
-COST = 0.04357
 CLAUDE_CODE = {"user-agent": "claude-cli/2.1.280 (external, cli)", "x-app": "cli"}
 
 
@@ -65,7 +58,7 @@ def test_parallel_requests_overshoot_a_budget_by_at_most_the_in_flight_cost(
     key = admin.create_key("team")
     admin.update_key("team", lambda k: k.limits.budgets_nanousd.update(day=int(budget_usd * 1e9)))
     admin.add_account("console-1", "sk-ant-api03-k")
-    upstream.usage = dict(OPUS_USAGE)
+    upstream.usage = dict(OPUS_EXAMPLE_USAGE)
     threads = 20
 
     with ThreadPoolExecutor(threads) as pool:
@@ -81,7 +74,7 @@ def test_parallel_requests_overshoot_a_budget_by_at_most_the_in_flight_cost(
     served = len(results) - len(refused)
     (row,) = admin.wait_for_requests(served)
     # Spend is charged on completion: at most the requests already in flight (one per client thread) overshoot.
-    assert budget_usd <= row["cost_usd"] <= budget_usd + threads * COST
+    assert budget_usd <= row["cost_usd"] <= budget_usd + threads * OPUS_EXAMPLE_COST
     assert row["requests"] == served == len(upstream.requests)
 
 
@@ -122,7 +115,7 @@ def test_client_gone_after_message_start_still_leaves_usage(
 
     def slow(seen: Seen) -> Reply:
         return Reply(
-            headers={"content-type": "text/event-stream"}, chunks=sse_frames(OPUS, OPUS_USAGE), chunk_delay=0.2
+            headers={"content-type": "text/event-stream"}, chunks=sse_frames(OPUS, OPUS_EXAMPLE_USAGE), chunk_delay=0.2
         )
 
     upstream.handler = slow
@@ -230,7 +223,7 @@ def test_self_service_usage_shows_only_the_callers_key(
     mine, theirs = admin.create_key("me"), admin.create_key("them")
     admin.update_key("me", lambda k: k.limits.budgets_nanousd.update(month=int(5e9)))
     admin.add_account("console-1", "sk-ant-api03-secret-account-key")
-    upstream.usage = dict(OPUS_USAGE)
+    upstream.usage = dict(OPUS_EXAMPLE_USAGE)
     post(relay, mine)
     post(relay, theirs)
     post(relay, theirs)
@@ -241,7 +234,7 @@ def test_self_service_usage_shows_only_the_callers_key(
     report = json.loads(raw)
     assert report["key"] == "me"
     assert report["limits"]["budgets_usd"] == {"month": 5.0}
-    assert report["used"]["spend_usd"]["month"] == pytest.approx(COST)
+    assert report["used"]["spend_usd"]["month"] == pytest.approx(OPUS_EXAMPLE_COST)
     assert [row["requests"] for row in report["daily"]] == [1]
     assert b"them" not in raw and b"sk-ant-api03" not in raw and mine.encode() not in raw
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -275,12 +268,12 @@ def test_keys_show_puts_limits_next_to_consumption(
         .output
     )
     admin.add_account("console-1", "sk-ant-api03-k")
-    upstream.usage = dict(OPUS_USAGE)
+    upstream.usage = dict(OPUS_EXAMPLE_USAGE)
     post(relay, created["key"])
     admin.wait_for_requests(1)
     shown = json.loads(CliRunner().invoke(main, ["keys", "show", "cli-key", "--format", "json"]).output)
     assert shown["limits"]["windows"] == [{"seconds": 60, "requests": 10}]
     assert shown["limits"]["budgets_usd"] == {"day": 2.0}
-    assert shown["used"]["spend_usd"]["day"] == pytest.approx(COST)
+    assert shown["used"]["spend_usd"]["day"] == pytest.approx(OPUS_EXAMPLE_COST)
     assert shown["used"]["windows"][0]["requests"] >= 1
     assert created["key"] not in json.dumps(shown)

@@ -11,16 +11,10 @@ import anthropic
 import pytest
 
 from tests.support.admin import Admin
+from tests.support.fake_upstream import OPUS_EXAMPLE_USAGE
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.relay_process import RelayProcess
 
-OPUS_USAGE = {
-    "input_tokens": 1234,
-    "output_tokens": 321,
-    "cache_read_input_tokens": 30000,
-    "cache_creation_input_tokens": 2000,
-    "cache_creation": {"ephemeral_5m_input_tokens": 1500, "ephemeral_1h_input_tokens": 500},
-}
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
@@ -54,7 +48,7 @@ def single_row(admin: Admin, expected_requests: int = 1) -> dict[str, Any]:
 def test_streamed_message_through_oauth_account(relay: RelayProcess, admin: Admin, upstream: FakeUpstream) -> None:
     key = admin.create_key("alice")
     admin.add_account("max-1", "sk-ant-oat01-upstream-token", kind="oauth")
-    upstream.usage = dict(OPUS_USAGE)
+    upstream.usage = dict(OPUS_EXAMPLE_USAGE)
 
     with client(relay, key).messages.stream(
         model="claude-opus-4-8",
@@ -91,7 +85,7 @@ def test_non_streamed_message_through_console_account(
 ) -> None:
     key = admin.create_key("bob")
     admin.add_account("console-1", "sk-ant-api03-upstream-key")
-    upstream.usage = dict(OPUS_USAGE)
+    upstream.usage = dict(OPUS_EXAMPLE_USAGE)
 
     message = client(relay, key, header="x-api-key").messages.create(
         model="claude-opus-4-8", max_tokens=100, messages=MESSAGES
@@ -247,7 +241,7 @@ def test_usage_report_cli_groups_and_formats(
 
     key = admin.create_key("ivy")
     admin.add_account("console-1", "sk-ant-api03-k")
-    upstream.usage = dict(OPUS_USAGE)
+    upstream.usage = dict(OPUS_EXAMPLE_USAGE)
     sdk = client(relay, key)
     sdk.messages.create(model="claude-opus-4-8", max_tokens=5, messages=MESSAGES)
     with sdk.messages.stream(model="claude-opus-4-8", max_tokens=5, messages=MESSAGES) as stream:

@@ -9,17 +9,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from relay_core.sse import SseUsageMeter
+from tests.support.fake_upstream import OPUS_EXAMPLE_USAGE
 from tests.support.fake_upstream import sse_frames
 
-USAGE = {
-    "input_tokens": 1234,
-    "output_tokens": 321,
-    "cache_read_input_tokens": 30000,
-    "cache_creation_input_tokens": 2000,
-    "cache_creation": {"ephemeral_5m_input_tokens": 1500, "ephemeral_1h_input_tokens": 500},
-}
 # Multi-byte text, so chunk boundaries fall inside UTF-8 characters too.
-STREAM = b"".join(sse_frames("claude-opus-4-8", USAGE, text="Grüße aus Köln 🚀 — ça marche ✓ 你好"))
+STREAM = b"".join(sse_frames("claude-opus-4-8", OPUS_EXAMPLE_USAGE, text="Grüße aus Köln 🚀 — ça marche ✓ 你好"))
 EXPECTED = {
     "input_tokens": 1234,
     "output_tokens": 321,

@@ -42,6 +42,16 @@ class Reply:
     abort_after: int | None = None  # drop the connection after this many chunks (upstream dies)
 
 
+# The pricing example of the acceptance tests: claude-opus-4-8 costs exactly $0.04357 for this.
+OPUS_EXAMPLE_USAGE = {
+    "input_tokens": 1234,
+    "output_tokens": 321,
+    "cache_read_input_tokens": 30000,
+    "cache_creation_input_tokens": 2000,
+    "cache_creation": {"ephemeral_5m_input_tokens": 1500, "ephemeral_1h_input_tokens": 500},
+}
+OPUS_EXAMPLE_COST = 0.04357
+
 DEFAULT_USAGE = {
     "input_tokens": 12,
     "output_tokens": 7,

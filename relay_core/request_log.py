@@ -1,0 +1,41 @@
+"""The one line per request an operator greps: who, which account, what it cost, how long. No secrets."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from relay_core.flow_state import FlowState
+
+
+def request_fields(state: FlowState, status: int, error: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "request_id": state.request_id,
+        "route": state.route.value,
+        "key": state.key.name if state.key else None,
+        "account": state.account.name if state.account else None,
+        "model": state.usage.model if state.usage else state.request_model,
+        "status": status,
+        "ms": round((time.time() - state.started) * 1000),
+    }
+    if state.usage is not None:
+        usage = state.usage.usage
+        fields.update(
+            input=usage.input_tokens,
+            output=usage.output_tokens,
+            cache_read=usage.cache_read_input_tokens,
+            cache_write=usage.cache_creation_input_tokens,
+            cost_usd=float(state.usage.cost_usd) if state.usage.cost_usd is not None else None,
+        )
+        if state.usage.partial:
+            fields["partial"] = True
+    if error:
+        fields["error"] = error
+    return fields
+
+
+def format_line(fields: dict[str, Any], style: str) -> str:
+    if style == "json":
+        return json.dumps(fields, separators=(",", ":"))
+    return " ".join(f"{name}={value}" for name, value in fields.items() if value is not None)
