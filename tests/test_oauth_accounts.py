@@ -303,3 +303,15 @@ def test_an_accounts_traffic_leaves_through_its_proxy(
 def test_socks_proxies_are_refused_clearly(cli) -> None:
     refused = cli("accounts", "add-console", "socks", "--api-key", "k", "--proxy", "socks5://127.0.0.1:1080", ok=False)
     assert "SOCKS proxies are not supported" in refused and "HTTP-to-SOCKS bridge" in refused
+
+
+def test_setup_token_sign_in_gives_a_long_lived_token_without_refresh(cli, admin: Admin, oauth: FakeOAuth) -> None:
+    started = json.loads(cli("accounts", "add-oauth", "ci-bot", "--setup-token", "--no-wait", "--format", "json"))
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(started["authorize_url"]).query)
+    assert query["scope"] == ["user:inference"]
+    code = oauth.authorize(query["code_challenge"][0], query["state"][0], query["scope"][0])
+    shown = json.loads(
+        cli("accounts", "add-oauth", "ci-bot", "--code", f"{code}#{query['state'][0]}", "--format", "json")
+    )
+    assert shown["refreshable"] is False
+    assert stored_account(admin, "ci-bot").expires_at > time.time() + 300 * 86400
