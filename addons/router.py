@@ -10,6 +10,7 @@ import logging
 import time
 
 from mitmproxy import http
+from mitmproxy.connection import Server
 
 from addons.common import fail_closed
 from addons.common import pending_state
@@ -65,6 +66,19 @@ class Router:
                 await runtime.store.set_account_state(account.id, AccountState.ERROR, reason)
             unusable.add(account.id)
 
+    def _route_via(self, flow: http.HTTPFlow, account: Account) -> None:
+        """Exactly this account's proxy, or none. A flow may carry the live connection of the previous request
+        on the same client connection; its route is never edited in place, a new connection is asked for."""
+        via = None
+        if account.proxy:
+            proxy = proxy_of(account.proxy)
+            via = ("http", (proxy.host, proxy.port))
+            if proxy.authorization:
+                self._proxy_authorization[(proxy.host, proxy.port)] = proxy.authorization
+        if flow.server_conn.via != via:
+            flow.server_conn = Server(address=(flow.request.host, flow.request.port))
+            flow.server_conn.via = via
+
     def http_connect_upstream(self, flow: http.HTTPFlow) -> None:
         """The CONNECT to an account's proxy carries the proxy's credentials. mitmproxy tunnels every proxied
         connection through a new flow and connection of its own, so credentials are found by proxy address
@@ -103,10 +117,6 @@ class Router:
         flow.request.port = target.port
         if target.path_prefix:
             flow.request.path = target.path_prefix + flow.request.path
-        if account.proxy:
-            proxy = proxy_of(account.proxy)
-            flow.server_conn.via = ("http", (proxy.host, proxy.port))
-            if proxy.authorization:
-                self._proxy_authorization[(proxy.host, proxy.port)] = proxy.authorization
+        self._route_via(flow, account)
         state.account = account
         state.routed = True

@@ -315,3 +315,50 @@ def test_setup_token_sign_in_gives_a_long_lived_token_without_refresh(cli, admin
     )
     assert shown["refreshable"] is False
     assert stored_account(admin, "ci-bot").expires_at > time.time() + 300 * 86400
+
+
+def test_proxied_and_direct_accounts_on_one_client_connection_keep_their_routes(
+    relay: RelayProcess, admin: Admin, upstream: FakeUpstream
+) -> None:
+    import http.client
+
+    from tests.support.forward_proxy import ForwardProxy
+
+    proxy = ForwardProxy()
+    try:
+        proxied = admin.add_account("proxied", "sk-ant-api03-proxied", proxy=f"http://127.0.0.1:{proxy.port}")
+        direct = admin.add_account("direct", "sk-ant-api03-direct")
+        keys = {}
+        for name, account in (("via-proxy", proxied), ("no-proxy", direct)):
+            keys[name] = admin.create_key(name)
+            admin.update_key(name, lambda k, account=account: setattr(k, "account_id", account.id))
+        connection = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=10)  # one keep-alive connection
+        body = json.dumps(
+            {
+                "model": MODEL,
+                "max_tokens": 5,
+                "messages": [
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "x"}]}
+                ],
+            }
+        )
+        for name in ["via-proxy", "no-proxy", "via-proxy", "no-proxy", "no-proxy"]:
+            connection.request(
+                "POST", "/v1/messages", body, {"x-api-key": keys[name], "content-type": "application/json"}
+            )
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+        connection.close()
+        assert [seen.headers["x-api-key"] for seen in upstream.requests] == [
+            "sk-ant-api03-proxied",
+            "sk-ant-api03-direct",
+            "sk-ant-api03-proxied",
+            "sk-ant-api03-direct",
+            "sk-ant-api03-direct",
+        ]
+        forwarded = bytes(proxy.forwarded)
+        assert forwarded.count(b"sk-ant-api03-proxied") == 2
+        assert b"sk-ant-api03-direct" not in forwarded  # the direct account never rode the proxy's tunnel
+    finally:
+        proxy.stop()

@@ -7,12 +7,14 @@ import select
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 
 class ForwardProxy:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str | None]] = []  # (method, target, proxy-authorization)
+        self.forwarded = bytearray()  # every byte sent on towards the upstream
         self._lock = threading.Lock()
         proxy = self
 
@@ -44,11 +46,16 @@ class ForwardProxy:
                 with upstream:
                     if initial:
                         upstream.sendall(initial)
-                    pipe(self.connection, upstream)
+                        proxy._record(initial)
+                    pipe(self.connection, upstream, proxy._record)
 
         self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _record(self, data: bytes) -> None:
+        with self._lock:
+            self.forwarded += data
 
     @property
     def port(self) -> int:
@@ -59,7 +66,8 @@ class ForwardProxy:
         self._server.server_close()
 
 
-def pipe(a: socket.socket, b: socket.socket) -> None:
+def pipe(a: socket.socket, b: socket.socket, record: Callable[[bytes], None]) -> None:
+    """Copy both ways until one side closes; `record` sees what goes from a (client) to b (upstream)."""
     sockets = [a, b]
     while True:
         readable, _, _ = select.select(sockets, [], [], 30)
@@ -69,4 +77,6 @@ def pipe(a: socket.socket, b: socket.socket) -> None:
             data = sock.recv(65536)
             if not data:
                 return
+            if sock is a:
+                record(data)
             (b if sock is a else a).sendall(data)
