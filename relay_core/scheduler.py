@@ -93,7 +93,8 @@ def no_account_error(
         return RelayError(
             429,
             "rate_limit_error",
-            f"Every upstream account that can serve {family} models is rate-limited. The next one frees up at "
+            f"Every upstream account that can serve {family} models is cooling down (rate limit or overload). "
+            f"The next one frees up at "
             f"{at} (in {_duration(seconds)}).",
             retry_after=seconds,
             should_retry=seconds <= 60,

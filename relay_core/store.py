@@ -421,9 +421,6 @@ class Store:
         value = await self._call(self.redis.hget(self.k_accounts, account_id))
         return Account.model_validate_json(value) if value else None
 
-    async def save_account(self, account: Account) -> None:
-        await self._call(self.redis.hset(self.k_accounts, account.id, account.model_dump_json()))
-
     async def update_account(self, account_id: str, change: Callable[[Account], None]) -> Account | None:
         """Read-change-write of one account record that loses no concurrent change (optimistic, WATCH)."""
         try:
