@@ -1,8 +1,13 @@
-"""Errors that mitmproxy answers itself (upstream unreachable, malformed HTTP) in Anthropic's envelope.
+"""Errors that mitmproxy answers itself, in the shapes Claude Code understands.
 
-mitmproxy writes those answers as HTML from one function of its HTTP/1 layer and offers no hook to
-change them, so this addon replaces that function when it loads. Claude Code and the SDKs then see
-an error they parse and retry, and no upstream address leaks into the message.
+- Before a response started (upstream unreachable, malformed HTTP): mitmproxy writes an HTML page
+  from one function of its HTTP/1 layer; it becomes Anthropic's JSON error envelope.
+- After an SSE response started (the upstream died mid-stream): mitmproxy just closes the client's
+  connection; the stream now ends with an Anthropic `event: error` frame and a proper last chunk, as
+  the API itself does, so clients report an overloaded upstream instead of a broken connection.
+
+mitmproxy offers no hook for either, so this addon patches those two places of its HTTP/1 server
+layer when it loads. No upstream address leaks into a message.
 """
 
 from __future__ import annotations
@@ -12,9 +17,15 @@ import logging
 
 from mitmproxy import http
 from mitmproxy import version
+from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
+from mitmproxy.proxy import commands
+from mitmproxy.proxy import events
+from mitmproxy.proxy import layer
 from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
+from relay_core.errors import RelayError
 from relay_core.errors import new_request_id
 
 logger = logging.getLogger(__name__)
@@ -44,6 +55,31 @@ def anthropic_error_response(status_code: int, message: str = "") -> bytes:
     return http1.assemble_response(response)
 
 
+STREAM_CUT = RelayError(
+    529, "overloaded_error", "The upstream connection broke during the answer; retrying the request should work."
+).sse_frame()
+_original_send = _http1.Http1Server.send
+
+
+def send_ending_streams_cleanly(self: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
+    """Http1Server.send, except that a stream cut by the upstream ends with an SSE error event."""
+    response = self.response
+    if (
+        isinstance(event, ResponseProtocolError)
+        and response is not None
+        and self.conn.state & ConnectionState.CAN_WRITE
+        and response.headers.get("content-type", "").startswith("text/event-stream")
+    ):
+        frame = STREAM_CUT
+        if "chunked" in response.headers.get("transfer-encoding", "").lower():
+            frame = b"%x\r\n%s\r\n0\r\n\r\n" % (len(frame), frame)
+        yield commands.SendData(self.conn, frame)
+        yield commands.CloseConnection(self.conn)
+        return
+    yield from _original_send(self, event)
+
+
 class AnthropicErrorPages:
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         _http1.make_error_response = anthropic_error_response
+        _http1.Http1Server.send = send_ending_streams_cleanly  # type: ignore[method-assign]

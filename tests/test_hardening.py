@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 
 import anthropic
+import pytest
 from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings
@@ -177,3 +178,29 @@ def test_fuzzed_requests_never_reach_upstream_and_always_get_a_well_formed_answe
         assert_anthropic_error(status, response_headers, raw)
     assert status in (200, 400, 401, 404, 413) or (status == 503 and path.startswith("/health")), (status, raw)
     assert request(relay.url + "/health", method="GET", body=None)[0] == 200  # still alive
+
+
+def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(
+    relay: RelayProcess, admin: Admin, upstream: FakeUpstream
+) -> None:
+    from tests.support.fake_upstream import OPUS_EXAMPLE_USAGE
+    from tests.support.fake_upstream import Reply
+    from tests.support.fake_upstream import sse_frames
+
+    key = admin.create_key("team")
+    admin.add_account("console-1", "sk-ant-api03-k")
+    upstream.handler = lambda seen: Reply(
+        headers={"content-type": "text/event-stream"},
+        chunks=sse_frames("claude-opus-4-8", OPUS_EXAMPLE_USAGE),
+        abort_after=3,
+    )
+    client = anthropic.Anthropic(base_url=relay.url, api_key=key, max_retries=0)
+    with (
+        pytest.raises(anthropic.APIStatusError) as caught,
+        client.messages.stream(model="claude-opus-4-8", max_tokens=5, messages=MESSAGES) as stream,
+    ):
+        for _ in stream:
+            pass
+    assert caught.value.body["error"]["type"] == "overloaded_error"
+    (row,) = admin.wait_for_requests(1)
+    assert (row["input_tokens"], row["partial"]) == (1234, 1)  # what the stream showed is kept
