@@ -8,9 +8,11 @@ from addons.auth import Auth
 from addons.concurrency_lease import ConcurrencyLease
 from addons.error_pages import AnthropicErrorPages
 from addons.failover import Failover
+from addons.metrics import Metrics
 from addons.queue_lock import QueueLock
 from addons.recorder import Recorder
 from addons.relay_runtime import RelayRuntime
+from addons.request_log import RequestLog
 from addons.router import Router
 from addons.self_service import SelfService
 from addons.service_endpoints import ServiceEndpoints
@@ -23,6 +25,7 @@ def relay_addons(runtime: Runtime | None = None) -> list[Any]:
     return [
         shared,
         AnthropicErrorPages(),
+        Metrics(shared),
         ServiceEndpoints(shared),
         SelfService(shared),
         Auth(shared),
@@ -31,6 +34,7 @@ def relay_addons(runtime: Runtime | None = None) -> list[Any]:
         Failover(shared),
         Recorder(shared),
         ConcurrencyLease(shared),
+        RequestLog(shared),
     ]
 
 

@@ -21,6 +21,9 @@ class RelayRuntime:
     def __init__(self, runtime: Runtime | None = None) -> None:
         self._runtime = runtime
 
+    def configured(self) -> bool:
+        return self._runtime is not None
+
     def current(self) -> Runtime:
         """A method, not a property: mitmproxy inspects every attribute of an addon at load time."""
         if self._runtime is None:

@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     lease_ttl_ms: int = Field(
         30000, ge=1000, description="concurrency leases of a relay that died expire after this; live ones are renewed"
     )
+    metrics_token: str | None = Field(None, min_length=1, description="bearer token GET /metrics requires; unset: open")
     request_log: str = Field("text", pattern="^(text|json|off)$", description="one line per request: text, json or off")
     price_overrides: dict[str, dict[str, float]] = Field(
         default_factory=dict,

@@ -228,14 +228,14 @@ def test_no_lock_or_lease_outlives_chaos(start_relay, admin: Admin, upstream: Fa
 
 
 def test_a_lease_outlives_its_ttl_while_the_stream_runs(start_relay, admin: Admin, upstream: FakeUpstream) -> None:
-    relay = start_relay(RELAY_LEASE_TTL_MS="1000")
+    relay = start_relay(RELAY_LEASE_TTL_MS="2000")
     key = admin.create_key("team")
     admin.set_key_concurrency("team", 1)
     admin.add_account("console-1", "sk-ant-api03-a")
-    upstream.handler = slow_stream(header_delay=0, seconds=3.0)  # three lease TTLs long
+    upstream.handler = slow_stream(header_delay=0, seconds=6.0)  # three lease TTLs long
     streaming = threading.Thread(target=stream_turns, args=(relay, key, TOOL_RESULT, 1))
     streaming.start()
-    time.sleep(2.2)  # past two TTLs: only renewal keeps the lease
+    time.sleep(4.5)  # past two TTLs: only renewal keeps the lease
     sdk = anthropic.Anthropic(base_url=relay.url, auth_token=key, max_retries=0)
     with pytest.raises(anthropic.RateLimitError) as refused:
         sdk.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=TOOL_RESULT)

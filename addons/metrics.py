@@ -1,0 +1,195 @@
+"""Prometheus metrics: answers `GET /metrics` and counts every request the relay answers.
+
+The endpoint is answered in `requestheaders` ahead of ServiceEndpoints (which would answer 404).
+Counting happens elsewhere: Failover may replace an upstream answer with its own 529, and the
+Recorder learns the usage only in its own `response` hook, so counts taken at the front of the
+chain would be wrong. At `running` this addon therefore appends a tally as its own entry at the
+very end of mitmproxy's chain (like FailClosedGate): it sees the request just before it goes
+upstream and every answer as the client gets it, and another addon's failing hook cannot skip it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from mitmproxy import ctx
+from mitmproxy import exceptions
+from mitmproxy import http
+
+from addons.common import refuse
+from addons.common import state_of
+from addons.relay_runtime import RelayRuntime
+from relay_core.errors import RelayError
+from relay_core.errors import internal_error
+from relay_core.flow_state import FlowState
+from relay_core.metering import record_from_body
+from relay_core.metering import record_from_stream
+from relay_core.metrics import CONTENT_TYPE
+from relay_core.metrics import RelayMetrics
+from relay_core.sse import SseUsageMeter
+from relay_core.store import UsageRecord
+
+logger = logging.getLogger(__name__)
+
+METRICS_PATH = "/metrics"
+TIMING_KEY = "relay.metrics"
+
+
+def metrics_authorized(authorization: str | None, token: str | None) -> bool:
+    """Without a token /metrics is open (a scraper on a private network); with one it needs that bearer."""
+    if token is None:
+        return True
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def error_type_of(body: bytes | None) -> str:
+    """The `error.type` of an Anthropic-shaped error body, or `unknown`."""
+    try:
+        payload = json.loads(body or b"")
+    except (ValueError, UnicodeDecodeError):
+        return "unknown"
+    error = payload.get("error") if isinstance(payload, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    return kind if isinstance(kind, str) else "unknown"
+
+
+@dataclass
+class _Timing:
+    sent: float  # when the request left for the upstream, after every request hook (queue waits included)
+    upstream: http.Response | None = None  # the upstream's own answer, kept even if an addon replaces it
+
+
+class _MetricsTally:
+    """The end-of-chain observer; it never changes a flow and never raises into one."""
+
+    def __init__(self, metrics: RelayMetrics, shared: RelayRuntime) -> None:
+        self.metrics = metrics
+        self.shared = shared
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        state = state_of(flow)
+        if state is not None and state.routed:
+            flow.metadata[TIMING_KEY] = _Timing(sent=time.time())
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        timing: _Timing | None = flow.metadata.get(TIMING_KEY)
+        if timing is not None and timing.upstream is None and flow.response is not None:
+            timing.upstream = flow.response
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None or flow.response is None:
+            return
+        try:
+            self._observe(flow, state, flow.response.status_code)
+            timing: _Timing | None = flow.metadata.get(TIMING_KEY)
+            replaced = timing is not None and timing.upstream is not None and flow.response is not timing.upstream
+            if state.refused or replaced:
+                self.metrics.observe_refusal(error_type_of(flow.response.content))
+        except Exception:
+            logger.exception("could not count a response in the metrics")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None:
+            return
+        try:
+            self._observe(flow, state, 0)
+        except Exception:
+            logger.exception("could not count a failed request in the metrics")
+
+    def _observe(self, flow: http.HTTPFlow, state: FlowState, status: int) -> None:
+        timing: _Timing | None = flow.metadata.get(TIMING_KEY)
+        upstream = timing.upstream if timing is not None else None
+        usage = self._usage(state, upstream, status)
+        ttfb = total = None
+        if timing is not None and upstream is not None:
+            ttfb = upstream.timestamp_start - flow.request.timestamp_start
+            if upstream.timestamp_end is not None:
+                total = upstream.timestamp_end - timing.sent
+        self.metrics.observe_response(
+            route=state.route.value,
+            status=status,
+            key=state.key.name if state.key else None,
+            account=state.account.name if state.account else None,
+            model=usage.model if usage is not None else state.request_model,
+            usage=usage.usage if usage is not None else None,
+            cost_usd=usage.cost_usd if usage is not None else None,
+            ttfb_s=ttfb,
+            total_s=total,
+        )
+
+    def _usage(self, state: FlowState, upstream: http.Response | None, status: int) -> UsageRecord | None:
+        """What the Recorder wrote; else (Failover recorded it) the same record made from the upstream's answer."""
+        if not state.route.is_metered or not state.routed or state.refused or state.key is None:
+            return None
+        if state.account is None:
+            return None
+        if state.usage is not None:
+            return state.usage
+        overrides = self.shared.current().settings.price_overrides
+        if state.meter is not None or upstream is None:
+            return record_from_stream(state, state.meter or SseUsageMeter(), status or 502, status != 0, overrides)
+        return record_from_body(state, upstream.content, upstream.status_code, overrides)
+
+
+class Metrics:
+    def __init__(self, shared: RelayRuntime) -> None:
+        self.shared = shared
+        self.metrics = RelayMetrics()
+        self.tally = _MetricsTally(self.metrics, shared)
+        self._token: str | None = None
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "relay_metrics_token",
+            Optional[str],  # noqa: UP045
+            None,
+            "Bearer token that GET /metrics requires (Authorization: Bearer TOKEN). Unset: the metrics_token "
+            "setting (RELAY_METRICS_TOKEN), and without it /metrics is open.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "relay_metrics_token" not in updated:
+            return
+        token = ctx.options.relay_metrics_token
+        if token is not None and not token.strip():
+            raise exceptions.OptionsError("relay_metrics_token is empty; unset it to serve /metrics without a token")
+        self._token = token
+
+    def running(self) -> None:
+        """Takes the metrics_token setting unless the option is set; replaces a tally left by an earlier
+        load of this script, so /metrics shows what is counted."""
+        if self._token is None and self.shared.configured():
+            self._token = self.shared.current().settings.metrics_token
+        addons = ctx.master.addons
+        previous = addons.get(type(self.tally).__name__.lower())
+        if previous is self.tally:
+            return
+        if previous is not None:
+            addons.remove(previous)
+        addons.add(self.tally)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        if flow.request.method != "GET" or flow.request.path.split("?", 1)[0] != METRICS_PATH:
+            return
+        try:
+            if not metrics_authorized(flow.request.headers.get("authorization"), self._token):
+                refuse(flow, RelayError(401, "authentication_error", "GET /metrics needs the relay's metrics token."))
+                assert flow.response is not None
+                flow.response.headers["www-authenticate"] = 'Bearer realm="relay metrics"'
+                return
+            flow.response = http.Response.make(200, self.metrics.render(), {"content-type": CONTENT_TYPE})
+        except Exception:
+            logger.exception("could not answer GET /metrics")
+            refuse(flow, internal_error())

@@ -1,0 +1,142 @@
+"""Prometheus metrics of one relay process: requests, tokens, dollars, latency and refusals.
+
+Each process owns its own registry (not prometheus_client's global one), so tests and several
+relays in one interpreter never share counters. Label values are key and account NAMES, never
+secrets; they are few (a team has a few dozen keys and a few accounts). Model ids come from
+requests and upstream answers, so their number is capped: past `max_models` distinct ids, the
+rest are counted as `other` instead of growing the exposition without bound.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter
+from prometheus_client import Histogram
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from relay_core.usage import TokenUsage
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+MAX_MODELS = 64
+OTHER_MODEL = "other"
+NO_ANSWER = "error"  # the status label of exchanges that ended without a complete answer
+REASON = re.compile(r"[a-z_]{1,40}")  # the shape of Anthropic's error types
+
+# Messages API answers take from under a second to many minutes (long thinking, long outputs).
+TTFB_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+LATENCY_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
+
+# Label value of each relay_tokens_total kind, and the TokenUsage field it counts.
+TOKEN_KINDS = {
+    "input": "input_tokens",
+    "output": "output_tokens",
+    "cache_read": "cache_read_input_tokens",
+    "cache_write_5m": "cache_write_5m_tokens",
+    "cache_write_1h": "cache_write_1h_tokens",
+}
+
+
+def model_id(model: str | None) -> str:
+    """The model id a label shows: Claude Code's `[1m]` display suffix names no other model."""
+    return (model or "").removesuffix("[1m]").strip()
+
+
+class RelayMetrics:
+    """Counters and histograms fed with plain values, so they are testable without mitmproxy."""
+
+    def __init__(self, max_models: int = MAX_MODELS) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.max_models = max_models
+        self._models: set[str] = set()
+        self.requests = Counter(
+            "relay_requests",
+            "Requests answered, by route and the HTTP status the client got (error: no complete answer).",
+            ["route", "status", "key", "account", "model"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "relay_tokens",
+            "Tokens of relayed answers as the usage report counts them, by kind.",
+            ["kind", "key", "account", "model"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "relay_cost_usd",
+            "Cost in US dollars of relayed answers at list prices (with the configured overrides).",
+            ["key", "account", "model"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "relay_upstream_latency_seconds",
+            "From the request leaving the relay to the upstream answer's last byte.",
+            ["account"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttfb = Histogram(
+            "relay_time_to_first_byte_seconds",
+            "From the request's first byte at the relay to the upstream answer's headers.",
+            ["account"],
+            buckets=TTFB_BUCKETS,
+            registry=self.registry,
+        )
+        self.refusals = Counter(
+            "relay_refusals",
+            "Answers the relay made itself instead of the upstream's, by their error.type.",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def model_label(self, model: str | None) -> str:
+        """The model's id; once `max_models` ids were seen, any new one is `other`."""
+        label = model_id(model)
+        if not label or label in self._models:
+            return label
+        if len(self._models) >= self.max_models:
+            return OTHER_MODEL
+        self._models.add(label)
+        return label
+
+    def observe_response(
+        self,
+        route: str,
+        status: int,
+        key: str | None,
+        account: str | None,
+        model: str | None,
+        usage: TokenUsage | None,
+        cost_usd: Decimal | None,
+        ttfb_s: float | None,
+        total_s: float | None,
+    ) -> None:
+        """One finished exchange. `status` 0: it ended without a complete answer (client gone, upstream died).
+
+        Tokens and cost are counted only when `usage` is given (metered answers); timings only for an
+        exchange that reached an account.
+        """
+        model_label = self.model_label(model)
+        key_label, account_label = key or "", account or ""
+        self.requests.labels(route, str(status) if status else NO_ANSWER, key_label, account_label, model_label).inc()
+        if usage is not None:
+            for kind, field in TOKEN_KINDS.items():
+                self.tokens.labels(kind, key_label, account_label, model_label).inc(getattr(usage, field))
+            self.cost.labels(key_label, account_label, model_label).inc(float(cost_usd or 0))
+        if account is None:
+            return
+        if ttfb_s is not None:
+            self.ttfb.labels(account_label).observe(max(0.0, ttfb_s))
+        if total_s is not None:
+            self.latency.labels(account_label).observe(max(0.0, total_s))
+
+    def observe_refusal(self, error_type: str) -> None:
+        """One answer made by the relay itself; types are the relay's own, anything else is `unknown`."""
+        reason = error_type if REASON.fullmatch(error_type) else "unknown"
+        self.refusals.labels(reason).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (format 0.0.4) of this process's metrics."""
+        return generate_latest(self.registry)

@@ -1,0 +1,44 @@
+"""One log line per request, with what an operator needs and no secret."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import pytest
+
+from tests.support.admin import Admin
+from tests.support.fake_upstream import OPUS_EXAMPLE_USAGE
+from tests.support.fake_upstream import FakeUpstream
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("style", ["text", "json"])
+def test_each_request_logs_one_line_without_secrets(
+    start_relay, admin: Admin, upstream: FakeUpstream, style: str
+) -> None:
+    relay = start_relay(RELAY_REQUEST_LOG=style)
+    key = admin.create_key("alice")
+    admin.add_account("max-1", "sk-ant-oat01-account-secret", kind="oauth", user_message_queue=False)
+    upstream.usage = dict(OPUS_EXAMPLE_USAGE)
+    client = anthropic.Anthropic(base_url=relay.url, auth_token=key, max_retries=0)
+    client.messages.create(model="claude-opus-4-8", max_tokens=5, messages=MESSAGES)
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=relay.url, auth_token="rk-wrong", max_retries=0).messages.create(
+            model="claude-opus-4-8", max_tokens=5, messages=MESSAGES
+        )
+    assert relay.wait_for_output("status=401" if style == "text" else '"status":401')
+    lines = [line for line in relay.log().splitlines() if "relay.requests" in line]
+    assert len(lines) == 2, lines
+    served, refused = lines
+    if style == "json":
+        record = json.loads(served.split("relay.requests: ", 1)[1])
+        assert (record["key"], record["account"], record["status"], record["input"]) == ("alice", "max-1", 200, 1234)
+        assert record["cost_usd"] == pytest.approx(0.04357)
+    else:
+        for part in ("key=alice", "account=max-1", "model=claude-opus-4-8", "status=200", "input=1234", "output=321"):
+            assert part in served
+    assert "401" in refused
+    for secret in (key, "sk-ant-oat01-account-secret", "rk-wrong"):
+        assert secret not in relay.log()
