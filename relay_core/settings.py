@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from pydantic import AliasChoices
 from pydantic import Field
@@ -142,7 +141,3 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
-
-
-def load_settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)

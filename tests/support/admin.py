@@ -52,13 +52,7 @@ class Admin:
         return account
 
     def set_key_enabled(self, name: str, enabled: bool) -> None:
-        async def op(rt: Runtime) -> None:
-            key = await rt.store.find_key(name)
-            assert key is not None
-            key.enabled = enabled
-            await rt.store.save_key(key)
-
-        self._run(op)
+        self.update_key(name, lambda key: setattr(key, "enabled", enabled))
 
     def update_key(self, name: str, change: Callable[[TeamKey], None]) -> None:
         async def op(rt: Runtime) -> None:
@@ -70,13 +64,7 @@ class Admin:
         self._run(op)
 
     def set_key_concurrency(self, name: str, concurrency: int | None) -> None:
-        async def op(rt: Runtime) -> None:
-            key = await rt.store.find_key(name)
-            assert key is not None
-            key.concurrency = concurrency
-            await rt.store.save_key(key)
-
-        self._run(op)
+        self.update_key(name, lambda key: setattr(key, "concurrency", concurrency))
 
     def lock_and_lease_state(self, key_name: str, account_ids: list[str]) -> dict[str, Any]:
         """Live leases of a key, and each account's lock holder and waiter count."""
