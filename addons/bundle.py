@@ -8,6 +8,7 @@ from addons.auth import Auth
 from addons.concurrency_lease import ConcurrencyLease
 from addons.error_pages import AnthropicErrorPages
 from addons.failover import Failover
+from addons.graceful_drain import GracefulDrain
 from addons.metrics import Metrics
 from addons.queue_lock import QueueLock
 from addons.recorder import Recorder
@@ -35,6 +36,7 @@ def relay_addons(runtime: Runtime | None = None) -> list[Any]:
         Recorder(shared),
         ConcurrencyLease(shared),
         RequestLog(shared),
+        GracefulDrain(shared),  # last: a flow counts as finished once every other hook ran
     ]
 
 

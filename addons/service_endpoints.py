@@ -11,6 +11,7 @@ from addons.common import fail_closed
 from addons.common import refuse
 from addons.relay_runtime import RelayRuntime
 from relay_core.errors import RelayError
+from relay_core.errors import shutting_down
 from relay_core.errors import too_large
 from relay_core.flow_state import METADATA_KEY
 from relay_core.flow_state import FlowState
@@ -33,7 +34,12 @@ class ServiceEndpoints:
             return
         state = FlowState(route=classify(flow.request.method, flow.request.path))
         flow.metadata[METADATA_KEY] = state
-        settings = self.shared.current().settings
+        runtime = self.shared.current()
+        if runtime.draining:
+            refuse(flow, shutting_down())
+            flow.response.headers["connection"] = "close"  # type: ignore[union-attr]
+            return
+        settings = runtime.settings
         length = flow.request.headers.get("content-length", "0")
         if not length.isdigit() or int(length) > settings.max_body_bytes:
             raise too_large(settings.max_body_bytes)

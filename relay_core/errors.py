@@ -72,3 +72,13 @@ def store_unavailable() -> RelayError:
 
 def too_large(limit: int) -> RelayError:
     return RelayError(413, "request_too_large", f"The request is larger than the relay's limit of {limit} bytes.")
+
+
+def shutting_down() -> RelayError:
+    return RelayError(
+        503,
+        "api_error",
+        "This relay is shutting down; retry and another relay (or this one, restarted) will answer.",
+        retry_after=1,
+        should_retry=True,
+    )

@@ -44,6 +44,7 @@ class Runtime:
         self.queue = UserMessageQueue(self.store, settings)
         self.leases = LeaseKeeper(self.store, settings.lease_ttl_ms)
         self.refresher = TokenRefresher(self.store, self.keyring, settings)
+        self.draining = False  # set on SIGTERM: new requests are refused while running ones finish
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: asyncio.Task[None] | None = None
 

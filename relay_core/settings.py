@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     anthropic_version: str = "2023-06-01"
     oauth_beta: str = "oauth-2025-04-20"
     max_body_bytes: int = Field(32 * 1024 * 1024, description="largest request body accepted (413 above)")
+    drain_timeout_s: int = Field(
+        120, ge=0, description="on SIGTERM, how long running requests may take to finish before the relay exits"
+    )
     usage_retention_days: int = Field(400, description="usage buckets expire after this many days")
     timezone: str = Field("UTC", description="time zone of usage days and limit windows")
     store_timeout_ms: int = Field(1000, description="longest wait for one store call on the hot path")

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import pytest
 from ruamel.yaml import YAML
 
+from relay_core.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
@@ -231,6 +233,15 @@ def test_relays_share_one_valkey_and_a_required_secret(path: Path) -> None:
     assert code is not None, "the relay's health check uses python (no curl in slim)"
     compile(code, "healthcheck", "exec")
     assert "127.0.0.1:8080/health" in code
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_relay_stop_grace_period_outlasts_the_drain_timeout(path: Path) -> None:
+    relay = relay_services(load_compose(path))["relay"]
+    grace = re.fullmatch(r"(\d+)s", str(relay["stop_grace_period"]))
+    assert grace, relay["stop_grace_period"]
+    drain = int(environment(relay).get("RELAY_DRAIN_TIMEOUT_S", Settings().drain_timeout_s))
+    assert int(grace.group(1)) > drain, "docker would SIGKILL the relay while it drains"
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)

@@ -87,6 +87,15 @@ class RelayProcess:
                 self._proc.kill()
                 self._proc.wait()
 
+    def send_signal(self, signum: int) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code; raises subprocess.TimeoutExpired if still running after `timeout` seconds."""
+        assert self._proc is not None
+        return self._proc.wait(timeout)
+
     def wait_for_output(self, needle: str, timeout: float = 5) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
