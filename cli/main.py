@@ -27,3 +27,7 @@ main.add_command(serve)
 main.add_command(keys)
 main.add_command(accounts)
 main.add_command(usage)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 mitmdump loads about thirty built-in addons and every hook visits each of them; the relay needs
 four. The reverse-proxy target is a dead end on purpose: only the router sends flows anywhere.
+With `--workers N` a supervisor (cli/workers.py) runs N of these on one SO_REUSEPORT port.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from mitmproxy.addons import next_layer
 from mitmproxy.addons import proxyserver
 from mitmproxy.addons import tlsconfig
 from mitmproxy.master import Master
+from mitmproxy.proxy import mode_servers
 
 from addons.bundle import relay_addons
 from cli.context import open_runtime
+from cli.workers import Supervisor
 from relay_core.runtime import Runtime
 
 DEAD_END_TARGET = "http://127.0.0.1:9"
@@ -45,13 +48,30 @@ async def run_proxy(runtime: Runtime) -> None:
     await master.run()
 
 
+async def listen_with_shared_port(self: mode_servers.ReverseInstance, host: str, port: int) -> list[asyncio.Server]:
+    """ReverseInstance.listen with SO_REUSEPORT, so sibling workers can bind the same port."""
+    return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+
+
 @click.command()
 @click.option("--listen", default=None, help="host:port (default: RELAY_LISTEN or 127.0.0.1:8080)")
-def serve(listen: str | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="relay processes sharing the port (default: RELAY_WORKERS or 1)",
+)
+@click.option("--shared-port", is_flag=True, hidden=True, help="bind with SO_REUSEPORT (set by the supervisor)")
+def serve(listen: str | None, workers: int | None, shared_port: bool) -> None:
     """Run the relay."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no line per connection
     runtime = open_runtime(**({"listen": listen} if listen else {}))
+    workers = workers or runtime.settings.workers
+    if workers > 1 and not shared_port:
+        raise SystemExit(Supervisor(runtime, workers).run())
+    if shared_port:
+        mode_servers.ReverseInstance.listen = listen_with_shared_port  # type: ignore[method-assign]
     asyncio.run(run_proxy(runtime), loop_factory=loop_factory())
 
 

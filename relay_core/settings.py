@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RELAY_", env_nested_delimiter="__", extra="ignore")
 
     listen: str = Field("127.0.0.1:8080", description="host:port the relay listens on")
+    workers: int = Field(1, ge=1, le=256, description="relay processes sharing the listening port (SO_REUSEPORT)")
     redis_url: str | None = Field(None, description="Redis/Valkey URL; unset starts the embedded Valkey")
     data_dir: Path = Field(default_factory=default_data_dir, description="secret key and embedded store")
     secret_key: str | None = Field(None, description="server secret; unset: generated into data_dir")

@@ -67,9 +67,10 @@ def settings(relay_env: dict[str, str]) -> Settings:
     )
 
 
-@pytest.fixture(scope="session", params=["serve", "mitmdump"])
+@pytest.fixture(scope="session", params=["serve", "mitmdump", "workers"])
 def relay(request: pytest.FixtureRequest, relay_env: dict[str, str]) -> Iterator[RelayProcess]:
-    """The relay under test, once as `relay serve` and once as plain `mitmdump -s addons/bundle.py`."""
+    """The relay under test as `relay serve`, as plain `mitmdump -s addons/bundle.py`, and as two
+    `relay serve --workers 2` processes on one port, which must hold every rule across processes."""
     process = RelayProcess(relay_env, engine=request.param).start()
     yield process
     process.stop()

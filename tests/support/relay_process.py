@@ -14,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LISTENING = re.compile(r"claude-relay listening at 127\.0\.0\.1:(\d+)")
+WORKERS = 2
 
 
 class RelayProcess:
@@ -30,6 +31,8 @@ class RelayProcess:
     def command(self) -> list[str]:
         if self.engine == "serve":
             return [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0"]
+        if self.engine == "workers":  # two processes on one SO_REUSEPORT port: state must be shared
+            return [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0", "--workers", str(WORKERS)]
         confdir = Path(self.env["RELAY_DATA_DIR"]) / "mitmproxy"
         command = [
             str(BIN / "mitmdump"),
@@ -53,15 +56,19 @@ class RelayProcess:
             self.command(), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
         )
         ready = threading.Event()
+        listeners = WORKERS if self.engine == "workers" else 1
 
         def pump() -> None:
+            nonlocal listeners
             assert self._proc and self._proc.stdout
             for line in self._proc.stdout:
                 self.output.append(line)
                 match = LISTENING.search(line)
                 if match:
-                    self.port = int(match.group(1))
-                    ready.set()
+                    listeners -= 1
+                    if listeners == 0:
+                        self.port = int(match.group(1))
+                        ready.set()
             ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
