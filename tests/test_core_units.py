@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from relay_core.crypto import DecryptError
 from relay_core.crypto import Keyring
 from relay_core.errors import RelayError
+from relay_core.limits import periods
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.pricing import price_usd
@@ -151,3 +154,17 @@ def test_example_config_documents_and_loads_every_setting(monkeypatch: pytest.Mo
     assert Settings().listen == "127.0.0.1:8080"
     monkeypatch.setenv("RELAY_LISTEN", "0.0.0.0:9000")
     assert Settings().listen_port == 9000  # the environment wins over the file
+
+
+@pytest.mark.parametrize("zone_name", ["UTC", "Asia/Kolkata", "America/New_York"])
+def test_periods_turn_over_at_local_midnight_even_within_one_cached_minute(zone_name: str) -> None:
+    zone = ZoneInfo(zone_name)
+    midnight = dt.datetime(2026, 3, 1, tzinfo=zone).timestamp()  # a Sunday, first of a month
+    before, after = periods(midnight - 0.001, zone), periods(midnight, zone)
+    assert (before["day"].id, before["week"].id, before["month"].id) == ("2026-02-28", "2026-W09", "2026-02")
+    assert (after["day"].id, after["week"].id, after["month"].id) == ("2026-03-01", "2026-W09", "2026-03")
+    assert before["day"].resets_at == midnight
+    assert after["day"].resets_at == dt.datetime(2026, 3, 2, tzinfo=zone).timestamp()
+    assert after["week"].resets_at == dt.datetime(2026, 3, 2, tzinfo=zone).timestamp()
+    assert periods(midnight + 59.9, zone) is after  # cached for the minute
+    assert after["total"].resets_at is None

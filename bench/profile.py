@@ -1,0 +1,86 @@
+"""Profile the relay's hot path: `python -m bench.profile [--seconds N] [--stream]` (needs py-spy).
+
+Starts the benchmark's stack, drives closed-loop load through the relay and samples the relay
+process with py-spy meanwhile; prints the functions with the most samples, inclusive and self.
+The raw collapsed stacks stay under bench/results/ for a flame graph (e.g. speedscope.app).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.load import Target
+from bench.load import closed_loop
+from bench.load import open_conns
+from bench.stack import running_stack
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def summarize(collapsed: Path, top: int) -> str:
+    """Inclusive and self sample shares per function from py-spy's collapsed (raw) output."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1].split(":")[0] for frame in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+    lines = [f"{total} samples", "", "inclusive  self   function"]
+    for frame, n in inclusive.most_common(top):
+        lines.append(f"{100 * n / total:8.1f}% {100 * own[frame] / total:5.1f}%  {frame}")
+    lines += ["", "self-time leaders:"]
+    for frame, n in own.most_common(top // 2):
+        lines.append(f"{100 * n / total:8.1f}%  {frame}")
+    return "\n".join(lines)
+
+
+async def profile(seconds: float, stream: bool, concurrency: int, top: int) -> str:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    async with running_stack(deltas=20) as stack:
+        relay = Target.make("relay", stack.relay_port, stack.team_key)
+        conns = await open_conns(relay.port, concurrency)
+        raw = relay.stream if stream else relay.plain
+        await closed_loop(conns, raw, 1.0)  # warm up
+        RESULTS.mkdir(exist_ok=True)
+        out = RESULTS / f"profile-{'stream' if stream else 'plain'}.txt"
+        spy = subprocess.Popen(
+            [py_spy, "record", "--pid", str(stack.relay.pid), "--duration", str(int(seconds)), "--rate", "100"]
+            + ["--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        tally = await closed_loop(conns, raw, seconds)
+        _, err = await asyncio.to_thread(spy.communicate)
+        for conn in conns:
+            conn.close()
+        if spy.returncode != 0 or not out.exists():
+            raise RuntimeError(f"py-spy failed: {err.decode()}")
+        rate = f"{tally.per_second:.0f} {'streams' if stream else 'requests'}/s at {concurrency} while sampled"
+        return rate + "\n" + summarize(out, top)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--stream", action="store_true", help="streamed requests instead of small JSON ones")
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--top", type=int, default=40)
+    args = parser.parse_args(argv)
+    print(asyncio.run(profile(args.seconds, args.stream, args.concurrency, args.top)))
+
+
+if __name__ == "__main__":
+    main()
