@@ -102,6 +102,15 @@ def _dechunk(buf: bytearray, start: int) -> tuple[bytes, int] | None:
         pos += size + 2
 
 
+def _hold_seconds(target: str) -> float:
+    """`?hold=S` on a streamed request keeps the stream open S seconds (one such stream per connection)."""
+    for pair in target.partition("?")[2].split("&"):
+        name, _, value = pair.partition("=")
+        if name == "hold":
+            return float(value)
+    return 0.0
+
+
 class Upstream(asyncio.Protocol):
     """One client connection; requests are answered in order as they complete in the buffer."""
 
@@ -157,12 +166,23 @@ class Upstream(asyncio.Protocol):
             cached = self._cache.get((model, stream))
             if cached is None:
                 cached = self._cache[(model, stream)] = self._reply(model, stream)
+            hold = _hold_seconds(target) if stream else 0.0
+            if hold:  # a long answer: the first events now, the rest after `hold` seconds
+                for piece in cached[:3]:
+                    write(piece)
+                asyncio.get_running_loop().call_later(hold, self._write_all, cached[3:])
+                return
             for piece in cached:  # one write per SSE event, like a real stream
                 write(piece)
         else:
             write(_head("404 Not Found", "text/plain", "content-length: 0\r\n"))
         if headers.get("connection", "").lower() == "close":
             self.transport.close()
+
+    def _write_all(self, pieces: list[bytes]) -> None:
+        if not self.transport.is_closing():
+            for piece in pieces:
+                self.transport.write(piece)
 
     def _reply(self, model: str, stream: bool) -> list[bytes]:
         if stream:

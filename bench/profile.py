@@ -56,9 +56,9 @@ async def profile(seconds: float, stream: bool, concurrency: int, top: int) -> s
         await closed_loop(conns, raw, 1.0)  # warm up
         RESULTS.mkdir(exist_ok=True)
         out = RESULTS / f"profile-{'stream' if stream else 'plain'}.txt"
+        command = [py_spy, "record", "--pid", str(stack.relay.pid), "--duration", str(int(seconds))]
         spy = subprocess.Popen(
-            [py_spy, "record", "--pid", str(stack.relay.pid), "--duration", str(int(seconds)), "--rate", "100"]
-            + ["--format", "raw", "--output", str(out)],
+            [*command, "--rate", "100", "--format", "raw", "--output", str(out)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

@@ -24,7 +24,9 @@ from bench.scenarios import Config
 from bench.scenarios import Row
 from bench.scenarios import Scenarios
 from bench.stack import running_stack
+from bench.stack import workers_relay
 
+WORKERS = 2  # one per core of the reference machine
 QUICK = Config(
     duration=1.0,
     rounds=2,
@@ -33,6 +35,8 @@ QUICK = Config(
     serial_rounds=4,
     ttfb_streams=40,
     store_batch=100,
+    open_streams=100,
+    hold_s=3.0,
 )
 
 
@@ -75,6 +79,7 @@ async def bench(cfg: Config) -> tuple[list[Row], dict[str, Any], str]:
             ("throughput", scenarios.throughput),
             ("streams", scenarios.streams),
             ("store round trips", scenarios.store_round_trips),
+            ("open streams", scenarios.open_streams),  # before the RSS rows: its peak is theirs too
         ):
             started = time.monotonic()
             rows += await step()
@@ -85,6 +90,10 @@ async def bench(cfg: Config) -> tuple[list[Row], dict[str, Any], str]:
             Row("e. relay RSS after load (MiB)", None, loaded["rss"]),
             Row("e. relay peak RSS (MiB)", None, loaded["peak"]),
         ]
+        started = time.monotonic()
+        with workers_relay(stack, WORKERS) as port:
+            rows += await scenarios.workers_vs_one(Target.make("workers", port, stack.team_key), WORKERS)
+        print(f"  workers: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
         details = {**scenarios.details, "relay_log_lines_during_run": stack.relay.line_count - lines_before}
         return rows, details, stack.relay.log()
 

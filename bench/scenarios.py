@@ -41,6 +41,8 @@ class Config:
     store_batch: int = 200
     store_concurrency: int = 10
     deltas: int = 20
+    open_streams: int = 500
+    hold_s: float = 8.0  # how long each of the open streams stays open
 
 
 @dataclass
@@ -263,6 +265,62 @@ class Scenarios:
         finally:
             conn.close()
         return json.loads(reply.body)
+
+    async def open_streams(self) -> list[Row]:
+        """e. `open_streams` streams open at once (each held `hold_s` by the upstream): relay memory."""
+        cfg = self.cfg
+        rows: list[Row] = []
+        results: dict[str, list[Reply]] = {}
+        peak_rss = 0.0
+        for t in self.pair:
+            raw = t.stream.replace(b"?beta=true", f"?beta=true&hold={cfg.hold_s}".encode(), 1)
+            conns = await open_conns(t.port, cfg.open_streams)
+            try:
+                sends = asyncio.gather(*(c.send(raw) for c in conns))
+                while not sends.done():
+                    if t is self.relay:
+                        peak_rss = max(peak_rss, memory_kib(self.relay_pid)["VmRSS"] / 1024)
+                    await asyncio.wait([sends], timeout=0.25)
+                results[t.name] = sends.result()
+            finally:
+                for conn in conns:
+                    conn.close()
+        d, r = results[self.direct.name], results[self.relay.name]
+
+        def overlapped(replies: list[Reply]) -> int:
+            """Streams that completed and were open for the whole hold, so all were open together."""
+            return sum(1 for x in replies if x.status == 200 and x.total_s >= cfg.hold_s * 0.95)
+
+        rows += [
+            Row(f"e. streams open together (of {cfg.open_streams})", overlapped(d), overlapped(r)),
+            Row(f"e. relay RSS with {cfg.open_streams} open streams (MiB)", None, peak_rss),
+        ]
+        return rows
+
+    async def workers_vs_one(self, workers: Target, count: int) -> list[Row]:
+        """f. Small requests at `concurrency` through `relay serve --workers N` vs one relay process."""
+        cfg = self.cfg
+        targets = (self.direct, self.relay, workers)
+        conns = {t.name: await open_conns(t.port, cfg.concurrency) for t in targets}
+        tallies = {t.name: Tally() for t in targets}
+        try:
+            for t in targets:
+                for conn in conns[t.name]:
+                    require_ok([await conn.send(t.plain)], t)
+            for i in range(cfg.rounds):
+                for t in targets[i % 3 :] + targets[: i % 3]:
+                    tallies[t.name].merge(await closed_loop(conns[t.name], t.plain, cfg.duration / cfg.rounds))
+        finally:
+            for group in conns.values():
+                for conn in group:
+                    conn.close()
+        self._note_errors("workers", tallies)
+        d, one, many = (tallies[t.name].per_second for t in targets)
+        n = cfg.concurrency
+        return [
+            Row(f"f. requests/s @{n}, --workers {count}", d, many, "ratio"),
+            Row(f"f. requests/s @{n}, {count} workers / 1 process", None, many / one if one else float("nan")),
+        ]
 
     def memory(self) -> dict[str, float]:
         """e. The relay's resident memory now and at its peak, in MiB."""

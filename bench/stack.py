@@ -7,7 +7,9 @@ import re
 import secrets
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,7 @@ class Stack:
     relay_port: int
     team_key: str
     relay: Child
+    relay_env: dict[str, str]
 
 
 async def seed_store(settings: Settings) -> str:
@@ -95,4 +98,19 @@ async def running_stack(deltas: int) -> AsyncIterator[Stack]:
         relay = Child("relay", [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0"], RELAY_READY, env)
         cleanup.callback(relay.stop)
         relay_port = relay.start()
-        yield Stack(url, upstream_port, relay_port, team_key, relay)
+        yield Stack(url, upstream_port, relay_port, team_key, relay, env)
+
+
+@contextlib.contextmanager
+def workers_relay(stack: Stack, workers: int) -> Iterator[int]:
+    """`relay serve --workers N` on the same store and upstream; yields its port."""
+    command = [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0", "--workers", str(workers)]
+    child = Child(f"relay --workers {workers}", command, RELAY_READY, stack.relay_env)
+    try:
+        port = child.start()
+        deadline = time.monotonic() + 30
+        while child.log().count("claude-relay listening at") < workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield port
+    finally:
+        child.stop()
