@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -14,6 +15,7 @@ from relay_core.errors import RelayError
 from relay_core.limits import periods
 from relay_core.models import Account
 from relay_core.models import AccountKind
+from relay_core.pricing import library_price_usd
 from relay_core.pricing import price_usd
 from relay_core.request_body import parse_message_request
 from relay_core.routes import Route
@@ -52,6 +54,17 @@ def test_price_ignores_1m_suffix_and_uses_overrides_for_unknown_models() -> None
     )
     assert price_usd("my-local-model", tokens, {}) is None
     assert price_usd("my-local-model", tokens, {"my-local-model": {"input": 1, "output": 2}}) == Decimal(3)
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["claude-sonnet-4-6", "claude-opus-4-8", "claude-haiku-4-5", "claude-opus-4-1", "claude-sonnet-4-5-20250929"],
+)
+def test_cached_linear_prices_equal_the_librarys_to_the_last_digit(model: str) -> None:
+    rng = random.Random(model)
+    for _ in range(200):
+        tokens = TokenUsage(*(rng.randint(0, 500_000) for _ in range(5)), rng.randint(0, 9))
+        assert price_usd(model, tokens, {}) == library_price_usd(model, tokens), tokens
 
 
 def test_sonnet_4_5_long_context_pays_the_premium() -> None:
