@@ -36,7 +36,7 @@ def relay_addons(runtime: Runtime | None = None) -> list[Any]:
         Recorder(shared),
         ConcurrencyLease(shared),
         RequestLog(shared),
-        GracefulDrain(shared),  # last: a flow counts as finished once every other hook ran
+        GracefulDrain(shared),  # after the Recorder: a flow counts as finished once its usage is recorded
     ]
 
 

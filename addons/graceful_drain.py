@@ -4,7 +4,7 @@ A deploy or `docker stop` must not cut a Claude Code answer in half nor lose its
 SIGTERM (or SIGINT) closes the listening socket, so new connections go to another relay behind the
 load balancer, and `ServiceEndpoints` answers requests arriving on kept-alive connections with a
 retryable 503. The process exits when the last running flow has passed every addon's `response`
-or `error` hook (this addon is last in the chain, so usage is recorded by then) or after
+or `error` hook (this addon comes after the Recorder, so usage is recorded by then) or after
 `drain_timeout_s`. A second signal exits at once.
 """
 
