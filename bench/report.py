@@ -80,11 +80,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_results(rows: list[Row], config: Any, details: dict[str, Any], relay_log: str, elapsed: float) -> Path:
+def write_results(
+    rows: list[Row], config: Any, details: dict[str, Any], relay_log: str, elapsed: float, into: Path = RESULTS
+) -> Path:
     """latest.json, plus the tail of the relay's log beside it for a look at what it did."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "relay-latest.log").write_text(relay_log)
-    path = RESULTS / "latest.json"
+    into.mkdir(parents=True, exist_ok=True)
+    (into / "relay-latest.log").write_text(relay_log)
+    path = into / "latest.json"
     record = {
         "machine": machine(),
         "config": dataclasses.asdict(config),

@@ -13,11 +13,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from bench.load import Conn
 from bench.load import Target
+from bench.report import RESULTS
 from bench.report import table
 from bench.report import write_results
 from bench.scenarios import Config
@@ -40,18 +42,19 @@ QUICK = Config(
 )
 
 
-def parse_config(argv: list[str] | None) -> Config:
+def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short smoke run (well under 30 s)")
     parser.add_argument("--duration", type=float, help="seconds of load per side in each load scenario")
     parser.add_argument("--concurrency", type=int, help="connections in the load scenarios (default 20)")
     parser.add_argument("--deltas", type=int, help="content_block_delta events per stream (default 20)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"directory of latest.json (default {RESULTS})")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else Config()
     overrides = {
         name: getattr(args, name) for name in ("duration", "concurrency", "deltas") if getattr(args, name) is not None
     }
-    return dataclasses.replace(cfg, **overrides)
+    return dataclasses.replace(cfg, **overrides), args.results
 
 
 async def check_relay(relay: Target) -> None:
@@ -111,7 +114,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(argv)
+    cfg, results = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
     print("claude-relay benchmark: starting Valkey, fake upstream and relay ...", file=sys.stderr, flush=True)
@@ -122,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     elapsed = time.monotonic() - started
     print(table(rows))
-    path = write_results(rows, cfg, details, relay_log, elapsed)
-    print(f"\n{elapsed:.0f} s; results in {path.relative_to(path.parents[2])}")
+    path = write_results(rows, cfg, details, relay_log, elapsed, results)
+    print(f"\n{elapsed:.0f} s; results in {path}")
     return 0
 
 

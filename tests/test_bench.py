@@ -1,0 +1,34 @@
+"""The benchmark keeps working: a quick run measures every scenario through the relay, with no failed
+request and at most four store round trips per request. Its timings are printed, never asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("a. serial", "b. requests/s", "c. SSE events/s", "d. store round trips", "e. relay RSS with", "f. ")
+
+
+def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--results", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = {row["scenario"]: row for row in json.loads((tmp_path / "latest.json").read_text())["rows"]}
+    for prefix in SCENARIOS:
+        assert any(name.startswith(prefix) for name in rows), f"no {prefix!r} row in {list(rows)}"
+    failed = [name for name, row in rows.items() if "failed" in name and (row["direct"] or row["relay"])]
+    assert not failed, failed
+    together = next(row for name, row in rows.items() if name.startswith("e. streams open together"))
+    assert together["relay"] == together["direct"] == 100, together
+    for name, row in rows.items():
+        if "store round trips" in name:
+            assert 1 <= row["relay"] <= 4, (name, row)
+    assert "relay vs direct" in run.stdout
