@@ -8,7 +8,9 @@ With `--workers N` a supervisor (cli/workers.py) runs N of these on one SO_REUSE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Callable
 
@@ -48,6 +50,16 @@ async def run_proxy(runtime: Runtime) -> None:
     await master.run()
 
 
+def raise_open_files_limit() -> None:
+    """Each open stream holds two sockets (client and upstream); a soft limit of 1024 caps a relay
+    near 500 streams, so take what the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 async def listen_with_shared_port(self: mode_servers.ReverseInstance, host: str, port: int) -> list[asyncio.Server]:
     """ReverseInstance.listen with SO_REUSEPORT, so sibling workers can bind the same port."""
     return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
@@ -72,6 +84,7 @@ def serve(listen: str | None, workers: int | None, shared_port: bool) -> None:
         raise SystemExit(Supervisor(runtime, workers).run())
     if shared_port:
         mode_servers.ReverseInstance.listen = listen_with_shared_port  # type: ignore[method-assign]
+    raise_open_files_limit()
     asyncio.run(run_proxy(runtime), loop_factory=loop_factory())
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from tests.support.admin import Admin
 from tests.support.fake_upstream import FakeUpstream
@@ -93,3 +95,18 @@ def test_a_dead_worker_is_replaced_and_sigterm_drains_all(start_relay, admin: Ad
     for pid in (second, replacement):
         assert not os.path.exists(f"/proc/{pid}"), "the supervisor exited before its workers"
     assert relay.log().count("shutting down: waiting up to") == WORKERS
+
+
+def test_serve_raises_its_open_files_limit(start_relay) -> None:
+    """500 open streams need about 1,000 sockets; a soft limit of 1024 must not cap the relay."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        relay = start_relay()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    limits = Path(f"/proc/{relay.pid}/limits").read_text()
+    line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
+    relay_soft = line.split()[3]
+    expected = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    assert relay_soft == expected, line
