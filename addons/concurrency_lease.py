@@ -2,30 +2,40 @@
 
 Every flow ends in either `response` or `error` (client gone, upstream dead, refused locally), so
 the lease is released exactly once on every path; a dead relay's leases expire by their TTL.
+The release is awaited: mitmproxy holds the answer's last chunk until this hook returns, so a
+client that sends its next request the moment an answer ends never finds its own finished request
+still holding the key's last slot (one round trip, only for keys with a concurrency limit).
 """
 
 from __future__ import annotations
+
+import logging
 
 from mitmproxy import http
 
 from addons.common import state_of
 from addons.relay_runtime import RelayRuntime
+from relay_core.store import StoreError
+
+logger = logging.getLogger(__name__)
 
 
 class ConcurrencyLease:
     def __init__(self, shared: RelayRuntime) -> None:
         self.shared = shared
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._release(flow)
+    async def response(self, flow: http.HTTPFlow) -> None:
+        await self._release(flow)
 
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._release(flow)
+    async def error(self, flow: http.HTTPFlow) -> None:
+        await self._release(flow)
 
-    def _release(self, flow: http.HTTPFlow) -> None:
+    async def _release(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is None or state.lease is None:
             return
         state.lease = None
-        runtime = self.shared.current()
-        runtime.spawn(runtime.leases.release(state.request_id), "lease release")
+        try:
+            await self.shared.current().leases.release(state.request_id)
+        except StoreError as exc:
+            logger.warning("could not release a concurrency lease (it expires by its TTL): %s", exc)
