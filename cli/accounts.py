@@ -8,7 +8,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 from typing import TextIO
-from urllib.parse import urlsplit
 
 import click
 
@@ -16,8 +15,9 @@ from cli.context import run
 from cli.output import emit_record
 from cli.output import emit_rows
 from cli.output import format_option
+from relay_core.diagnostics import masked_url
 from relay_core.health import AccountHealth
-from relay_core.health import AccountState
+from relay_core.health import account_state
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import new_id
@@ -32,28 +32,6 @@ def _when(epoch: float | str | None) -> str | None:
     if epoch in (None, ""):
         return None
     return dt.datetime.fromtimestamp(float(epoch), dt.UTC).isoformat(timespec="seconds")
-
-
-def masked_proxy(proxy: str | None) -> str | None:
-    """A proxy URL without its password."""
-    if not proxy:
-        return None
-    parts = urlsplit(proxy)
-    if parts.password is None:
-        return proxy
-    return proxy.replace(f":{parts.password}@", ":***@", 1)
-
-
-def account_state(account: Account, health: AccountHealth, now: float) -> str:
-    if not account.enabled:
-        return "disabled"
-    if health.state is not AccountState.OK:
-        return health.state.value
-    if any(until > now for until in health.cooldowns.values()):
-        return "limited"
-    if account.is_expired(now) and not account.refreshable:
-        return "expired"
-    return "active"
 
 
 def account_view(account: Account, health: AccountHealth | None = None, requests_today: int = 0) -> dict[str, Any]:
@@ -78,7 +56,7 @@ def account_view(account: Account, health: AccountHealth | None = None, requests
         "weight": account.weight,
         "groups": ",".join(account.groups) or None,
         "base_url": account.base_url or "(default)",
-        "proxy": masked_proxy(account.proxy),
+        "proxy": masked_url(account.proxy),
         "email": account.email,
         "organization": account.organization,
         "expires_at": _when(account.expires_at),

@@ -14,14 +14,24 @@ from relay_core.embedded_store import EmbeddedStoreError
 from relay_core.runtime import Runtime
 from relay_core.runtime import SecretMismatchError
 from relay_core.runtime import load_settings
+from relay_core.settings import Settings
 from relay_core.store import NameTakenError
 from relay_core.store import StoreError
 
 
-def open_runtime(**overrides: Any) -> Runtime:
+def cli_settings(**overrides: Any) -> Settings:
+    """The settings in force: `relay --config FILE` (or RELAY_CONFIG), RELAY_* environment, defaults."""
     config = click.get_current_context().find_root().params.get("config")
     try:
-        return Runtime(load_settings(config, **overrides))
+        return load_settings(config, **overrides)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def open_runtime(**overrides: Any) -> Runtime:
+    settings = cli_settings(**overrides)
+    try:
+        return Runtime(settings)
     except (SecretError, EmbeddedStoreError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 

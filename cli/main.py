@@ -6,9 +6,12 @@ import click
 
 from cli import signin  # noqa: F401  (registers add-oauth, refresh, test on `relay accounts`)
 from cli.accounts import accounts
+from cli.doctor import doctor
+from cli.doctor import status
 from cli.keys import keys
 from cli.serve import serve
 from cli.usage import usage
+from cli.web import web
 
 
 @click.group()
@@ -27,6 +30,9 @@ main.add_command(serve)
 main.add_command(keys)
 main.add_command(accounts)
 main.add_command(usage)
+main.add_command(web)
+main.add_command(status)
+main.add_command(doctor)
 
 
 if __name__ == "__main__":

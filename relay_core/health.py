@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from enum import StrEnum
 
+from relay_core.models import Account
 from relay_core.models import AccountKind
 
 ALL_MODELS = "all"
@@ -112,6 +113,19 @@ class HealthRules:
     failure_cooldown_s: int = 60
     api_key_429_cooldown_s: int = 60
     max_cooldown_s: int = 7 * 86400
+
+
+def account_state(account: Account, health: AccountHealth, now: float) -> str:
+    """One word for what the scheduler makes of an account, as `accounts list` and `relay status` show it."""
+    if not account.enabled:
+        return "disabled"
+    if health.state is not AccountState.OK:
+        return health.state.value
+    if any(until > now for until in health.cooldowns.values()):
+        return "limited"
+    if account.is_expired(now) and not account.refreshable:
+        return "expired"
+    return "active"
 
 
 def rate_limit_snapshot(headers: Mapping[str, str]) -> dict[str, str]:

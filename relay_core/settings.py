@@ -33,7 +33,11 @@ class Settings(BaseSettings):
 
     listen: str = Field("127.0.0.1:8080", description="host:port the relay listens on")
     workers: int = Field(1, ge=1, le=256, description="relay processes sharing the listening port (SO_REUSEPORT)")
-    redis_url: str | None = Field(None, description="Redis/Valkey URL; unset starts the embedded Valkey")
+    redis_url: str | None = Field(
+        None,
+        description="Redis/Valkey URL (redis://, rediss://, unix://; a cluster: redis+cluster://host:port[,host:port...]"
+        " or rediss+cluster://); unset starts the embedded Valkey",
+    )
     data_dir: Path = Field(default_factory=default_data_dir, description="secret key and embedded store")
     secret_key: str | None = Field(None, description="server secret; unset: generated into data_dir")
     key_prefix: str = Field("relay", description="prefix (hash tag) of every Redis key")
@@ -92,13 +96,21 @@ class Settings(BaseSettings):
     )
     metrics_token: str | None = Field(None, min_length=1, description="bearer token GET /metrics requires; unset: open")
     request_log: str = Field("text", pattern="^(text|json|off)$", description="one line per request: text, json or off")
+    web_listen: str = Field("127.0.0.1:8081", description="host:port of the `relay web` UI (mitmweb, plain HTTP)")
+    web_password: str | None = Field(
+        None, min_length=1, description="`relay web` UI password or argon2 hash; unset: a token printed at start"
+    )
+    web_max_flows: int = Field(1000, ge=1, description="most flows `relay web` keeps (redacted copies, oldest go)")
+    web_max_body_bytes: int = Field(
+        32768, ge=0, description="most bytes of each request/response body a `relay web` flow keeps"
+    )
     price_overrides: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="USD per million tokens for models genai-prices does not know: "
         "{model: {input, output, cache_read, cache_write_5m, cache_write_1h}}",
     )
 
-    @field_validator("listen")
+    @field_validator("listen", "web_listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         host, _, port = value.rpartition(":")

@@ -1,9 +1,11 @@
 """The only module that talks to Redis/Valkey.
 
 Every key starts with `{prefix}:` where the braces make the prefix a Redis Cluster hash tag: all keys
-share one slot, so every script and transaction below works unchanged on a cluster. Records are
-JSON values in a few hashes, so the admission script reads a key and every account in one round
-trip, and a usage write is one pipeline.
+share one slot, so they live on one node and every script and pipeline below is a single-node call on
+a cluster too. Records are JSON values in a few hashes, so the admission script reads a key and every
+account in one round trip, and a usage write is one pipeline. Everything that must be atomic is a Lua
+script, never MULTI/WATCH (redis-py's asyncio cluster runs a transaction's commands through a thread
+with an event loop of its own), so a single server and a cluster run the same code.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
+from redis.exceptions import RedisClusterException
 from redis.exceptions import RedisError
-from redis.exceptions import WatchError
 
 from relay_core.health import AccountHealth
 from relay_core.health import AccountState
@@ -38,6 +44,35 @@ _CREATE = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 if KEYS[3] then redis.call('HSET', KEYS[3], ARGV[4], ARGV[2]) end
+return 1
+"""
+
+# KEYS: hash  ARGV: field, value. Set a field once; return the value it holds.
+_SET_ONCE = """
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+
+# KEYS: hash  ARGV: field, the value it was read with, new value. Compare-and-set of one record.
+_REPLACE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+# KEYS: key records, key hashes  ARGV: id, json, old hash ('' to keep), new hash
+_SAVE_KEY = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] ~= '' and ARGV[3] ~= ARGV[4] then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+  redis.call('HSET', KEYS[2], ARGV[4], ARGV[1])
+end
+return 1
+"""
+
+# KEYS: hashes  ARGV: one field per hash. A record and its lookups go together.
+_HDEL_EACH = """
+for i, h in ipairs(KEYS) do redis.call('HDEL', h, ARGV[i]) end
 return 1
 """
 
@@ -186,6 +221,15 @@ return 1
 """
 )
 
+# KEYS: lease set. Live leases (expired ones are dropped first).
+_COUNT_LEASES = (
+    _NOW_MS
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
 # The rate lock of one account. KEYS: lock, waiters  ARGV: token, lock ttl ms, forget waiters older than ms
 # Waiters are served in arrival order (server time); a waiter that went away without leaving is
 # forgotten once it is older than the longest possible wait. Returns {1, 0} when the lock was
@@ -232,6 +276,29 @@ USAGE_METRICS = (
     "web_search_requests",
     "cost_nanousd",
 )
+
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def connect(url: str, timeout_s: float) -> aioredis.Redis | RedisCluster:
+    """A client for a Redis/Valkey URL. `redis+cluster://[user:pass@]host:port[,host:port...][?options]`
+    (or `rediss+cluster://`) is a Redis Cluster: any one reachable node is enough to find the rest,
+    more make start-up survive a node that is down."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "health_check_interval": 30,
+    }
+    parts = urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        return aioredis.from_url(url, **options)
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    first, *others = hosts.split(",")
+    netloc = f"{credentials}@{first}" if credentials else first
+    nodes = [ClusterNode(host.strip("[]"), int(port)) for host, _, port in (o.rpartition(":") for o in others)]
+    base = urlunsplit((CLUSTER_SCHEMES[parts.scheme], netloc, parts.path, parts.query, ""))
+    return RedisCluster.from_url(base, startup_nodes=nodes or None, **options)
 
 
 class StoreError(Exception):
@@ -306,10 +373,9 @@ class UsageCell:
 
 class Store:
     def __init__(self, url: str, prefix: str = "relay", timezone: str = "UTC", timeout_ms: int = 1000) -> None:
-        timeout = timeout_ms / 1000
-        self.redis = aioredis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
-        )
+        if not prefix:
+            raise ValueError("the key prefix may not be empty: it is the hash tag that keeps every key in one slot")
+        self.redis = connect(url, timeout_ms / 1000)
         self.zone = ZoneInfo(timezone)
         tag = "{" + prefix + "}"
         self.k_keys = f"{tag}:keys"
@@ -322,6 +388,11 @@ class Store:
         self.tag = tag
         self.lock_channel = f"{tag}:queue:released"
         self._create = self.redis.register_script(_CREATE)
+        self._set_once = self.redis.register_script(_SET_ONCE)
+        self._replace = self.redis.register_script(_REPLACE)
+        self._save_key = self.redis.register_script(_SAVE_KEY)
+        self._hdel_each = self.redis.register_script(_HDEL_EACH)
+        self._count_leases = self.redis.register_script(_COUNT_LEASES)
         self._admit = self.redis.register_script(_ADMIT)
         self._renew_leases = self.redis.register_script(_RENEW_LEASES)
         self._note_outcome = self.redis.register_script(_NOTE_OUTCOME)
@@ -336,7 +407,7 @@ class Store:
     async def _call(self, awaitable: Any) -> Any:
         try:
             return await awaitable
-        except (TimeoutError, RedisError, OSError) as exc:
+        except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
             raise StoreError(str(exc) or type(exc).__name__) from exc
 
     async def ping(self) -> bool:
@@ -344,10 +415,7 @@ class Store:
 
     async def claim_secret_fingerprint(self, fingerprint: str) -> str:
         """Record the server secret's fingerprint on first use; return the one the store holds."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hsetnx(self.k_meta, "secret_fingerprint", fingerprint)
-        pipe.hget(self.k_meta, "secret_fingerprint")
-        _, stored = await self._call(pipe.execute())
+        stored = await self._call(self._set_once(keys=[self.k_meta], args=["secret_fingerprint", fingerprint]))
         return stored.decode()
 
     # --- team keys -------------------------------------------------------------------------
@@ -380,19 +448,19 @@ class Store:
 
     async def save_key(self, key: TeamKey, old_hash: str | None = None) -> None:
         """Write a changed key record; with old_hash, atomically move its lookup to the new hash."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.k_keys, key.id, key.model_dump_json())
-        if old_hash and old_hash != key.key_hash:
-            pipe.hdel(self.k_key_hashes, old_hash)
-            pipe.hset(self.k_key_hashes, key.key_hash, key.id)
-        await self._call(pipe.execute())
+        await self._call(
+            self._save_key(
+                keys=[self.k_keys, self.k_key_hashes],
+                args=[key.id, key.model_dump_json(), old_hash or "", key.key_hash],
+            )
+        )
 
     async def delete_key(self, key: TeamKey) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hdel(self.k_keys, key.id)
-        pipe.hdel(self.k_key_names, key.name)
-        pipe.hdel(self.k_key_hashes, key.key_hash)
-        await self._call(pipe.execute())
+        await self._call(
+            self._hdel_each(
+                keys=[self.k_keys, self.k_key_names, self.k_key_hashes], args=[key.id, key.name, key.key_hash]
+            )
+        )
 
     # --- accounts --------------------------------------------------------------------------
 
@@ -422,25 +490,17 @@ class Store:
         return Account.model_validate_json(value) if value else None
 
     async def update_account(self, account_id: str, change: Callable[[Account], None]) -> Account | None:
-        """Read-change-write of one account record that loses no concurrent change (optimistic, WATCH)."""
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(self.k_accounts)
-                        value = await pipe.hget(self.k_accounts, account_id)
-                        if value is None:
-                            return None
-                        account = Account.model_validate_json(value)
-                        change(account)
-                        pipe.multi()
-                        pipe.hset(self.k_accounts, account_id, account.model_dump_json())
-                        await pipe.execute()
-                        return account
-                    except WatchError:
-                        continue
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreError(str(exc) or type(exc).__name__) from exc
+        """Read-change-write of one account record that loses no concurrent change: optimistic, the write
+        only lands if the record is still the one that was read (else read and change again)."""
+        while True:
+            value = await self._call(self.redis.hget(self.k_accounts, account_id))
+            if value is None:
+                return None
+            account = Account.model_validate_json(value)
+            change(account)
+            args = [account_id, value, account.model_dump_json()]
+            if await self._call(self._replace(keys=[self.k_accounts], args=args)):
+                return account
 
     # --- sign-ins waiting for their pasted code ------------------------------------------------
 
@@ -469,10 +529,7 @@ class Store:
         return bool(await self._call(self.redis.exists(self._refresh_lock(account_id))))
 
     async def delete_account(self, account: Account) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hdel(self.k_accounts, account.id)
-        pipe.hdel(self.k_account_names, account.name)
-        await self._call(pipe.execute())
+        await self._call(self._hdel_each(keys=[self.k_accounts, self.k_account_names], args=[account.id, account.name]))
 
     # --- the request path ------------------------------------------------------------------
 
@@ -570,7 +627,9 @@ class Store:
                 args += [name, value]
             note = (self.health_key(account_id), *args)
             # A plain EVALSHA: a Script object would make redis-py send SCRIPT EXISTS first (a round trip).
-            pipe.evalsha(self._note_outcome.sha, 1, *note)
+            # As a raw command, because redis-py's cluster pipeline blocks its evalsha() method; it routes
+            # the raw one by its key like any other command.
+            pipe.execute_command("EVALSHA", self._note_outcome.sha, 1, *note)
         if sticky is not None and outcome is not None and outcome.status < 400:
             pipe.set(self._sticky(sticky), account_id, ex=sticky.ttl_s)
         if not len(pipe):
@@ -596,15 +655,7 @@ class Store:
 
     async def count_leases(self, leases: str) -> int:
         """Live leases in a set (expired ones are dropped first)."""
-        now = await self.server_time_ms()
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zremrangebyscore(leases, "-inf", now)
-        pipe.zcard(leases)
-        return int((await self._call(pipe.execute()))[1])
-
-    async def server_time_ms(self) -> int:
-        seconds, micros = await self._call(self.redis.time())
-        return int(seconds) * 1000 + int(micros) // 1000
+        return int(await self._call(self._count_leases(keys=[leases])))
 
     # --- the rate lock (one human turn at a time per account) ---------------------------------
 
@@ -731,6 +782,19 @@ class Store:
                 hour, key_id, account_id, model, metric = field.decode().split("|", 4)
                 cells.append(UsageCell(day.isoformat(), int(hour), key_id, account_id, model, metric, int(value)))
         return cells
+
+    # --- diagnostics (read-only) ------------------------------------------------------------
+
+    async def secret_fingerprint(self) -> str | None:
+        """The fingerprint the store was claimed with, without claiming it (None: a new store)."""
+        value = await self._call(self.redis.hget(self.k_meta, "secret_fingerprint"))
+        return value.decode() if value else None
+
+    async def server_version(self) -> str:
+        info = await self._call(self.redis.info("server"))
+        if "valkey_version" in info:
+            return f"Valkey {info['valkey_version']}"
+        return f"Redis {info.get('redis_version', '?')}"
 
 
 def _health(flat: list[bytes]) -> AccountHealth:

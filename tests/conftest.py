@@ -55,8 +55,8 @@ def relay_env(
     }
 
 
-@pytest.fixture(scope="session")
-def settings(relay_env: dict[str, str]) -> Settings:
+def settings_for(relay_env: dict[str, str]) -> Settings:
+    """The settings a relay started with `relay_env` runs with, for test-side administration."""
     return Settings(
         redis_url=relay_env["RELAY_REDIS_URL"],
         data_dir=Path(relay_env["RELAY_DATA_DIR"]),
@@ -65,6 +65,11 @@ def settings(relay_env: dict[str, str]) -> Settings:
         key_prefix=relay_env["RELAY_KEY_PREFIX"],
         oauth=OAuthConfig(token_url=relay_env["RELAY_OAUTH__TOKEN_URL"], timeout_s=5),
     )
+
+
+@pytest.fixture(scope="session")
+def settings(relay_env: dict[str, str]) -> Settings:
+    return settings_for(relay_env)
 
 
 @pytest.fixture(scope="session", params=["serve", "mitmdump", "workers"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -83,6 +84,19 @@ def test_body_over_the_limit_gets_413(start_relay, admin: Admin, upstream: FakeU
     status, headers, body = request(relay.url + "/v1/messages", body=big.encode(), headers={"x-api-key": key})
     assert status == 413
     assert_anthropic_error(status, headers, body, "request_too_large")
+    # a body sent without a length (chunked) is measured once read
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /v1/messages HTTP/1.1\r\nHost: relay\r\nx-api-key: {key}\r\ncontent-type: application/json\r\n"
+            "transfer-encoding: chunked\r\nconnection: close\r\n\r\n".encode()
+        )
+        for start in range(0, len(big), 1000):
+            piece = big[start : start + 1000].encode()
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        sock.sendall(b"0\r\n\r\n")
+        head, _, answer = _read_all(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413")
+    assert json.loads(answer)["error"]["type"] == "request_too_large"
     assert upstream.requests == []
     assert request(relay.url + "/v1/messages", headers={"x-api-key": key})[0] == 200
 
@@ -204,3 +218,134 @@ def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(
     assert caught.value.body["error"]["type"] == "overloaded_error"
     (row,) = admin.wait_for_requests(1)
     assert (row["input_tokens"], row["partial"]) == (1234, 1)  # what the stream showed is kept
+
+
+def _raw_head(key: str, length: int, path: str = "/v1/messages") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: relay\r\nx-api-key: {key}\r\ncontent-type: application/json\r\n"
+        f"content-length: {length}\r\nconnection: close\r\n\r\n"
+    ).encode()
+
+
+def _read_all(sock: socket.socket, pause: float = 0.0, size: int = 65536) -> bytes:
+    received = bytearray()
+    while chunk := sock.recv(size):
+        received += chunk
+        if pause:
+            time.sleep(pause)
+    return bytes(received)
+
+
+def _dechunk(raw: bytes) -> bytes:
+    """The body of a chunked HTTP/1.1 message (the whole of it must be there)."""
+    body = bytearray()
+    while True:
+        size_line, _, raw = raw.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return bytes(body)
+        body += raw[:size]
+        assert raw[size : size + 2] == b"\r\n"
+        raw = raw[size + 2 :]
+
+
+def test_slow_clients_block_no_one_and_lose_no_usage(start_relay, admin: Admin, upstream: FakeUpstream) -> None:
+    """A client that trickles its request body and one that reads a big stream slowly through a small
+    receive buffer are both in progress while another client's request completes normally; both get
+    their whole answer, their usage is counted exactly, and no rate lock or lease is left."""
+    from tests.support.fake_upstream import Reply
+    from tests.support.fake_upstream import message_json
+    from tests.support.fake_upstream import sse_frames
+
+    relay = start_relay()
+    slow_key, other_key = admin.create_key("slow"), admin.create_key("other")
+    admin.set_key_concurrency("slow", 2)  # both slow requests hold a lease the whole time
+    account = admin.add_account("max-1", "sk-ant-oat01-a", kind="oauth")  # human turns take its rate lock
+    usages = {
+        "slow-reader": {"input_tokens": 1000, "output_tokens": 2000, "cache_read_input_tokens": 300},
+        "slow-body": {"input_tokens": 40, "output_tokens": 5},
+        "normal": {"input_tokens": 12, "output_tokens": 7},
+    }
+    words = 6000
+    big_text = " ".join(["lorem-ipsum-dolor-sit-amet-consectetur"] * words)  # about 2 MB of SSE
+
+    def reply(seen) -> Reply:
+        body = seen.json()
+        usage = usages[body["metadata"]["user_id"]]
+        if body.get("stream"):
+            frames = sse_frames(body["model"], usage, text=big_text)
+            return Reply(headers={"content-type": "text/event-stream"}, chunks=frames)
+        return Reply(body=message_json(body["model"], usage))
+
+    upstream.handler = reply
+    model = "claude-sonnet-4-6"
+
+    def body_of(user_id: str, stream: bool) -> bytes:
+        return json.dumps(
+            {"model": model, "max_tokens": 5, "stream": stream, "messages": MESSAGES, "metadata": {"user_id": user_id}}
+        ).encode()
+
+    normal_done = threading.Event()
+    reader_started, body_started = threading.Event(), threading.Event()
+    results: dict[str, bytes] = {}
+
+    def slow_reader() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        sock.settimeout(30)
+        with sock:
+            sock.connect(("127.0.0.1", relay.port))
+            body = body_of("slow-reader", True)
+            sock.sendall(_raw_head(slow_key, len(body)) + body)
+            first = sock.recv(4096)
+            reader_started.set()
+            normal_done.wait(30)  # not a byte more until the normal request finished
+            results["slow-reader"] = first + _read_all(sock, pause=0.002, size=4096)
+
+    def slow_body() -> None:
+        body = body_of("slow-body", False)
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
+            sock.sendall(_raw_head(slow_key, len(body)))
+            for byte in body[:20]:  # a byte at a time
+                sock.sendall(bytes([byte]))
+                time.sleep(0.02)
+            body_started.set()
+            normal_done.wait(30)  # the rest only after the normal request finished
+            for start in range(20, len(body), 7):
+                sock.sendall(body[start : start + 7])
+                time.sleep(0.01)
+            results["slow-body"] = _read_all(sock)
+
+    threads = [threading.Thread(target=slow_reader), threading.Thread(target=slow_body)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert reader_started.wait(10) and body_started.wait(10)
+        client = anthropic.Anthropic(base_url=relay.url, api_key=other_key, max_retries=0, timeout=10)
+        answer = client.messages.create(model=model, max_tokens=5, messages=MESSAGES, metadata={"user_id": "normal"})
+        assert answer.usage.input_tokens == 12
+        assert all(thread.is_alive() for thread in threads)  # both slow clients were still in progress
+    finally:
+        normal_done.set()
+        for thread in threads:
+            thread.join(60)
+
+    head, _, streamed = results["slow-reader"].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert _dechunk(streamed) == b"".join(sse_frames(model, usages["slow-reader"], text=big_text))  # unchanged
+    head, _, answered = results["slow-body"].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and json.loads(answered)["usage"]["input_tokens"] == 40
+
+    rows = {row["key"]: row for row in admin.wait_for_requests(3)}
+    slow, other = rows["slow"], rows["other"]
+    assert (slow["requests"], slow["partial"], slow["errors"]) == (2, 0, 0)
+    assert (slow["input_tokens"], slow["output_tokens"], slow["cache_read_input_tokens"]) == (1040, 2005, 300)
+    assert (other["input_tokens"], other["output_tokens"]) == (12, 7)
+    deadline = time.monotonic() + 5
+    while (state := admin.lock_and_lease_state("slow", [account.id])) != {
+        "leases": 0,
+        "locks": [None],
+        "waiting": [0],
+    } and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state == {"leases": 0, "locks": [None], "waiting": [0]}

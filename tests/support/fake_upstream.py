@@ -2,11 +2,15 @@
 
 By default it answers /v1/messages like the real API (SSE when `stream` is true, JSON otherwise)
 with the usage set on `usage`; a test can install its own `handler` for anything else.
+
+`requests` lists what arrived; `sent` is the ledger of what actually went back: the status and the
+body or the chunks written, so a test can compute exactly what usage the upstream reported.
 """
 
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 import time
@@ -40,6 +44,22 @@ class Reply:
     chunk_delay: float = 0.0
     header_delay: float = 0.0  # wait before sending the status line (upstream "thinking")
     abort_after: int | None = None  # drop the connection after this many chunks (upstream dies)
+    # After this many chunks send nothing more until the peer closes the connection (or hold_timeout
+    # passes): a client that hangs up after them has seen exactly these chunks.
+    hold_after: int | None = None
+    hold_timeout: float = 30.0
+
+
+@dataclass
+class Sent:
+    """One answer as it went back: its status, and the body or the chunks that were written."""
+
+    seen: Seen
+    status: int
+    body: bytes = b""
+    chunks: list[bytes] = field(default_factory=list)
+    complete: bool = False  # the whole answer was written
+    held_out: bool = False  # a hold ended by its timeout, not by the peer closing
 
 
 # The pricing example of the acceptance tests: claude-opus-4-8 costs exactly $0.04357 for this.
@@ -126,13 +146,35 @@ def message_json(model: str, usage: dict[str, Any], text: str = "Hello from the 
     ).encode()
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # bursts of connections wait in the backlog instead of being refused
+
+
+def _peer_closed(sock: socket.socket, timeout: float) -> bool:
+    """Wait up to `timeout` seconds; True as soon as the peer has closed (or reset) the connection."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        readable, _, _ = select.select([sock], [], [], max(remaining, 0))
+        if readable:
+            try:
+                if not sock.recv(1, socket.MSG_PEEK):
+                    return True
+            except OSError:
+                return True
+            time.sleep(min(0.01, max(remaining, 0)))  # data, not a close: keep waiting
+        if remaining <= 0:
+            return False
+
+
 class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[Seen] = []
+        self.sent: list[Sent] = []
         self.usage: dict[str, Any] = dict(DEFAULT_USAGE)
         self.handler: Callable[[Seen], Reply] | None = None
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -152,6 +194,7 @@ class FakeUpstream:
     def reset_requests(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.sent.clear()
 
     def reset(self) -> None:
         self.reset_requests()
@@ -193,8 +236,19 @@ class FakeUpstream:
                 with upstream._lock:
                     upstream.requests.append(seen)
                 reply = (upstream.handler or upstream.default_reply)(seen)
-                if reply.header_delay:
-                    time.sleep(reply.header_delay)
+                if reply.header_delay and _peer_closed(self.connection, reply.header_delay):
+                    self.close_connection = True  # the relay gave up before any answer: nothing is sent
+                    return
+                sent = Sent(seen, reply.status)
+                try:
+                    self._answer(reply, sent)
+                except OSError:  # the relay (or its client) went away
+                    self.close_connection = True
+                finally:
+                    with upstream._lock:
+                        upstream.sent.append(sent)
+
+            def _answer(self, reply: Reply, sent: Sent) -> None:
                 self.send_response(reply.status)
                 headers = {"content-type": "application/json", "request-id": "req_fake", **reply.headers}
                 for name, value in headers.items():
@@ -203,23 +257,28 @@ class FakeUpstream:
                     self.send_header("content-length", str(len(reply.body)))
                     self.end_headers()
                     self.wfile.write(reply.body)
+                    sent.body, sent.complete = reply.body, True
                     return
                 self.send_header("transfer-encoding", "chunked")
                 self.end_headers()
-                try:
-                    for sent, chunk in enumerate(reply.chunks):
-                        if sent == reply.abort_after:
-                            self.wfile.flush()
-                            self.connection.shutdown(socket.SHUT_RDWR)
-                            self.close_connection = True
-                            return
-                        if reply.chunk_delay:
-                            time.sleep(reply.chunk_delay)
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                for count, chunk in enumerate(reply.chunks):
+                    if count == reply.abort_after:
                         self.wfile.flush()
-                    self.wfile.write(b"0\r\n\r\n")
-                except OSError:  # the relay (or its client) went away
-                    self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        self.close_connection = True
+                        return
+                    if count == reply.hold_after:
+                        self.wfile.flush()
+                        sent.held_out = not _peer_closed(self.connection, reply.hold_timeout)
+                        self.close_connection = True
+                        return
+                    if reply.chunk_delay:
+                        time.sleep(reply.chunk_delay)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.flush()
+                    sent.chunks.append(chunk)
+                self.wfile.write(b"0\r\n\r\n")
+                sent.complete = True
 
             do_GET = do_POST = do_HEAD = _serve
 

@@ -1,4 +1,4 @@
-"""Runs the relay as a real process (`relay serve`, or plain `mitmdump -s addons/bundle.py`)."""
+"""Runs the relay as a real process (`relay serve`, `relay web`, or plain `mitmdump -s addons/bundle.py`)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ class RelayProcess:
             return [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0"]
         if self.engine == "workers":  # two processes on one SO_REUSEPORT port: state must be shared
             return [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0", "--workers", str(WORKERS)]
+        if self.engine == "web":  # under mitmweb; RELAY_WEB_LISTEN says where its UI listens
+            return [str(BIN / "relay"), "web", "--listen", "127.0.0.1:0"]
         confdir = Path(self.env["RELAY_DATA_DIR"]) / "mitmproxy"
         command = [
             str(BIN / "mitmdump"),

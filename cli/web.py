@@ -1,0 +1,64 @@
+"""`relay web`: the relay under mitmweb, for admins to watch live traffic while debugging.
+
+The same listener, addon chain and dead-end reverse target as `relay serve`, inside mitmweb's master
+(its built-in addons and web UI) with WebRedaction last, so the UI only ever holds redacted copies
+of the flows, and only so many. mitmweb runs about thirty built-in addons: slower than `relay
+serve`, and not meant for production traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import click
+from mitmproxy import options
+from mitmproxy.tools.web.master import WebMaster
+
+from addons.bundle import relay_addons
+from addons.web_redaction import WebRedaction
+from cli.context import open_runtime
+from cli.serve import DEAD_END_TARGET
+from cli.serve import loop_factory
+from cli.serve import raise_open_files_limit
+from relay_core.runtime import Runtime
+
+
+async def run_web(runtime: Runtime) -> None:
+    settings = runtime.settings
+    master = WebMaster(options.Options(), with_termlog=False)
+    master.addons.add(*relay_addons(runtime), WebRedaction())
+    confdir = settings.data_dir / "mitmproxy"
+    confdir.mkdir(parents=True, exist_ok=True)
+    web_host, _, web_port = settings.web_listen.rpartition(":")
+    master.options.update(
+        mode=[f"reverse:{DEAD_END_TARGET}@{settings.listen_host}:{settings.listen_port}"],
+        connection_strategy="lazy",
+        confdir=str(confdir),
+        block_global=False,  # `relay serve` has no such check; clients may come through a load balancer
+        web_host=web_host.strip("[]"),
+        web_port=int(web_port),
+        web_password=settings.web_password or "",  # empty: mitmweb makes a token and logs the login URL
+        web_open_browser=False,
+        relay_web_max_flows=settings.web_max_flows,
+        relay_web_max_body_bytes=settings.web_max_body_bytes,
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, master.shutdown)
+    await master.run()
+
+
+@click.command()
+@click.option("--listen", default=None, help="proxy host:port (default: RELAY_LISTEN or 127.0.0.1:8080)")
+@click.option("--web-listen", default=None, help="UI host:port (default: RELAY_WEB_LISTEN or 127.0.0.1:8081)")
+def web(listen: str | None, web_listen: str | None) -> None:
+    """Run the relay under mitmweb to debug live traffic (redacted, bounded)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no line per connection
+    logging.getLogger("mitmproxy.tools.web.master").setLevel(logging.INFO)  # "Web server listening at <login URL>"
+    overrides = {"listen": listen, "web_listen": web_listen}
+    runtime = open_runtime(**{name: value for name, value in overrides.items() if value})
+    raise_open_files_limit()
+    asyncio.run(run_web(runtime), loop_factory=loop_factory())

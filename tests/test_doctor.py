@@ -1,0 +1,290 @@
+"""`relay status` and `relay doctor` against a real Valkey, a fake upstream and a fake OAuth server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+from click.testing import Result
+
+from cli.main import main
+from relay_core.crypto import Keyring
+from relay_core.health import AccountState
+from relay_core.health import HealthRules
+from relay_core.health import Outcome
+from relay_core.models import Account
+from relay_core.models import AccountKind
+from relay_core.models import new_id
+from relay_core.settings import Settings
+from relay_core.store import Store
+from tests.support.admin import Admin
+from tests.support.fake_oauth import FakeOAuth
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.relay_process import RelayProcess
+
+API_KEY = "sk-ant-api03-DOCTOR-APIKEY-0123456789"
+ACCESS = "sk-ant-oat01-DOCTOR-ACCESS-0123456789"
+REFRESH = "sk-ant-ort01-DOCTOR-REFRESH-0123456789"
+METRICS_TOKEN = "metrics-token-DOCTOR-0123456789"
+WEB_PASSWORD = "web-password-DOCTOR-0123456789"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def env(
+    admin: Admin, relay_env: dict[str, str], oauth_server: FakeOAuth, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """A clean store and the relay's settings in the environment, as an operator's shell would have them."""
+    monkeypatch.delenv("RELAY_CONFIG", raising=False)
+    values = {
+        **relay_env,
+        "RELAY_LISTEN": f"127.0.0.1:{closed_port()}",
+        "RELAY_METRICS_TOKEN": METRICS_TOKEN,
+        "RELAY_WEB_PASSWORD": WEB_PASSWORD,
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    oauth_server.requests.clear()
+    return values
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def ok(*args: str) -> str:
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def checks(result: Result) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in json.loads(result.output)["checks"]}
+
+
+def levels(result: Result) -> dict[str, str]:
+    return {name: c["level"] for name, c in checks(result).items()}
+
+
+def run_store[T](settings: Settings, operation: Callable[[Store], Any]) -> T:
+    async def main() -> T:
+        store = Store(settings.redis_url or "", settings.key_prefix)
+        try:
+            return await operation(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def test_healthy_setup_passes_and_prints_no_secret(
+    env: dict[str, str], upstream: FakeUpstream, oauth_server: FakeOAuth
+) -> None:
+    team_key = json.loads(ok("keys", "create", "alice", "--format", "json"))["key"]
+    ok("accounts", "add-console", "console-1", "--api-key", API_KEY)
+    ok("accounts", "add-token", "max-1", "--access-token", ACCESS, "--refresh-token", REFRESH, "--expires-in", "3600")
+    upstream.reset_requests()
+
+    outputs = [ok("status"), ok("status", "--format", "json"), ok("doctor"), ok("doctor", "--format", "json")]
+
+    for secret in (env["RELAY_SECRET_KEY"], METRICS_TOKEN, WEB_PASSWORD, API_KEY, ACCESS, REFRESH, team_key):
+        assert all(secret not in output for output in outputs), secret
+    status = json.loads(outputs[1])
+    assert status["ok"] is True
+    assert {status["settings"][k] for k in ("secret_key", "metrics_token", "web_password")} == {"***"}
+    assert status["settings"]["upstream_url"] == upstream.url and status["keys"] == {"total": 1, "enabled": 1}
+    assert [(a["name"], a["state"], a["result"]) for a in status["accounts"]] == [
+        ("console-1", "active", "ok"),
+        ("max-1", "active", "ok"),
+    ]
+    doctor = {c["name"]: c["level"] for c in json.loads(outputs[3])["checks"]}
+    assert doctor == {
+        "settings": "ok",
+        "store": "ok",
+        "secret": "ok",
+        "account console-1": "ok",
+        "account max-1": "ok",
+        "accounts": "ok",
+        "keys": "ok",
+        f"upstream {upstream.url}": "ok",
+        f"oauth {env['RELAY_OAUTH__TOKEN_URL']}": "ok",
+        f"listen {env['RELAY_LISTEN']}": "ok",
+    }
+    assert "0 FAIL" in outputs[2] and "Valkey" in outputs[0]
+    # The reachability probes went out, but without any credential.
+    probes = [*upstream.requests, *oauth_server.requests]
+    assert {(r.method, r.path) for r in upstream.requests} == {("GET", "/v1/models")}
+    assert oauth_server.requests and all(r.method == "GET" and not r.body for r in oauth_server.requests)
+    for seen in probes:
+        assert not {"authorization", "x-api-key", "proxy-authorization", "cookie"} & set(seen.headers)
+
+
+def test_dead_store_fails_fast_without_leaking_its_password(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = closed_port()
+    monkeypatch.setenv("RELAY_REDIS_URL", f"redis://:store-pass-DOCTOR@127.0.0.1:{port}/0")
+    for command in ("status", "doctor"):
+        started = time.monotonic()
+        table, as_json = cli(command), cli(command, "--format", "json")
+        assert time.monotonic() - started < 10
+        assert table.exit_code == 1 and as_json.exit_code == 1
+        store = checks(as_json)["store"]
+        assert store["level"] == "FAIL" and f"127.0.0.1:{port}" in store["detail"] and "RELAY_REDIS_URL" in store["fix"]
+        assert "FAIL  store" in table.output and "unreachable" in table.output
+        assert "store-pass-DOCTOR" not in table.output + as_json.output
+    assert json.loads(cli("status", "--format", "json").output)["settings"]["redis_url"].startswith("redis://:***@")
+
+
+def test_wrong_secret_fails_and_status_writes_nothing(
+    env: dict[str, str], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok("accounts", "add-console", "console-1", "--api-key", API_KEY)
+    assert levels(cli("status", "--format", "json"))["secret"] == "ok"
+    client = redis.Redis.from_url(env["RELAY_REDIS_URL"])
+    meta = f"{{{settings.key_prefix}}}:meta"
+    claimed = client.hget(meta, "secret_fingerprint")
+    assert claimed == Keyring(env["RELAY_SECRET_KEY"]).fingerprint.encode()
+
+    monkeypatch.setenv("RELAY_SECRET_KEY", "another-secret-that-is-long-enough-0123456789")
+    for command in ("status", "doctor"):
+        result = cli(command, "--format", "json")
+        assert result.exit_code == 1
+        secret = checks(result)["secret"]
+        assert secret["level"] == "FAIL" and "does not match" in secret["detail"]
+        assert "another-secret" not in result.output
+    assert "FAIL  secret" in cli("doctor").output
+    assert client.hget(meta, "secret_fingerprint") == claimed  # not overwritten
+
+    # A new store: reported as such, and left new (no fingerprint claimed, nothing written at all).
+    monkeypatch.setenv("RELAY_SECRET_KEY", env["RELAY_SECRET_KEY"])
+    client.flushdb()
+    result = cli("status", "--format", "json")
+    assert levels(result)["secret"] == "warn" and "new" in checks(result)["secret"]["detail"]
+    assert levels(result)["accounts"] == "FAIL" and result.exit_code == 1  # nothing could serve a request
+    cli("doctor")
+    assert client.dbsize() == 0
+    client.close()
+
+
+def test_dead_upstream_fails_doctor_not_status(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    dead_default, dead_base = f"http://127.0.0.1:{closed_port()}", f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("RELAY_UPSTREAM_URL", dead_default)
+    ok("keys", "create", "alice")
+    ok("accounts", "add-console", "default-route", "--api-key", API_KEY)
+    ok("accounts", "add-console", "own-route", "--api-key", API_KEY, "--base-url", dead_base)
+    ok("status")  # status does not touch the network
+
+    started = time.monotonic()
+    result = cli("doctor", "--format", "json")
+    assert time.monotonic() - started < 15
+    assert result.exit_code == 1
+    found = checks(result)
+    assert found[f"upstream {dead_default}"]["level"] == "FAIL"
+    assert "unreachable" in found[f"upstream {dead_default}"]["detail"]
+    assert "used by default-route" in found[f"upstream {dead_default}"]["detail"]
+    assert found[f"upstream {dead_base}"]["level"] == "FAIL" and "own-route" in found[f"upstream {dead_base}"]["detail"]
+    assert found["store"]["level"] == found["secret"]["level"] == "ok"
+    text = cli("doctor")
+    assert text.exit_code == 1 and f"FAIL  upstream {dead_default}" in text.output and "fix:" in text.output
+
+
+def test_account_states_show_and_fail(env: dict[str, str], settings: Settings, admin: Admin) -> None:
+    ok("keys", "create", "alice")
+    ok("accounts", "add-console", "good", "--api-key", API_KEY)
+    ok("accounts", "add-console", "off", "--api-key", API_KEY)
+    ok("accounts", "disable", "off")
+    cool = admin.add_account("cool", API_KEY)
+    gone = admin.add_account("gone", API_KEY)
+    admin.add_account("old", ACCESS, kind="oauth", expires_at=time.time() - 60)
+    alien_id = new_id()
+    alien = Account(
+        id=alien_id,
+        name="alien",
+        kind=AccountKind.CONSOLE,
+        sealed_secret=Keyring("a-different-secret-that-is-long-enough-0123").seal(API_KEY, alien_id),
+    )
+
+    async def prepare(store: Store) -> None:
+        await store.create_account(alien)
+        overloaded = Outcome(status=529, cool_family="all", cool_until=time.time() + 600)
+        await store.record_completion(cool.id, overloaded, HealthRules())
+        await store.set_account_state(gone.id, AccountState.UNAUTHORIZED, "401: invalid x-api-key")
+
+    run_store(settings, prepare)
+
+    result = cli("status", "--format", "json")
+    assert result.exit_code == 1
+    rows = {a["name"]: (a["state"], a["result"]) for a in json.loads(result.output)["accounts"]}
+    assert rows == {
+        "alien": ("active", "FAIL"),
+        "cool": ("limited", "warn"),
+        "gone": ("unauthorized", "FAIL"),
+        "good": ("active", "ok"),
+        "off": ("disabled", "warn"),
+        "old": ("expired", "FAIL"),
+    }
+    found = checks(result)
+    assert "cannot be decrypted" in found["account alien"]["detail"]
+    assert (
+        "limited until" in found["account cool"]["detail"]
+        and "relay accounts reset cool" in found["account cool"]["fix"]
+    )
+    assert "401: invalid x-api-key" in found["account gone"]["detail"]
+    assert "no refresh token" in found["account old"]["detail"]
+    assert "relay accounts enable off" in found["account off"]["fix"]
+    assert found["accounts"]["level"] == "ok" and "2 can serve" in found["accounts"]["detail"]
+
+    table = cli("status").output
+    assert all(word in table for word in ("disabled", "limited", "unauthorized", "expired"))
+    doctor = cli("doctor")
+    assert doctor.exit_code == 1 and "FAIL  account gone" in doctor.output and "warn  account off" in doctor.output
+    assert API_KEY not in table + doctor.output + result.output and ACCESS not in table + doctor.output
+
+
+def test_listen_check_tells_a_relay_from_a_stranger(
+    env: dict[str, str],
+    oauth_server: FakeOAuth,
+    start_relay: Callable[..., RelayProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ok("keys", "create", "alice")
+    ok("accounts", "add-console", "console-1", "--api-key", API_KEY)
+    stranger = oauth_server.url.removeprefix("http://")
+    monkeypatch.setenv("RELAY_LISTEN", stranger)
+    result = cli("doctor", "--format", "json")
+    assert result.exit_code == 1
+    assert checks(result)[f"listen {stranger}"]["level"] == "FAIL"
+    assert "not the relay" in checks(result)[f"listen {stranger}"]["detail"]
+
+    relay = start_relay()
+    monkeypatch.setenv("RELAY_LISTEN", f"127.0.0.1:{relay.port}")
+    result = cli("doctor", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert checks(result)[f"listen 127.0.0.1:{relay.port}"]["detail"] == "a relay answers there (store ok)"
+
+
+def test_secret_file_is_never_created_by_status(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    monkeypatch.delenv("RELAY_SECRET_KEY")
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RELAY_KEY_PREFIX", "doctor-" + secrets.token_hex(4))
+    result = cli("status", "--format", "json")
+    assert (
+        checks(result)["secret"]["level"] == "warn" and "generated on first use" in checks(result)["secret"]["detail"]
+    )
+    assert not (tmp_path / "secret.key").exists()
