@@ -25,7 +25,6 @@ from zoneinfo import ZoneInfo
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import RedisError
 
@@ -185,26 +184,56 @@ end
 return 0
 """
 
-# KEYS: account health  ARGV: status, cool family, cool until, state, reason, count failure (0/1),
-# failure streak, failure cooldown s, then rate-limit snapshot field/value pairs
-_NOTE_OUTCOME = """
-local h = KEYS[1]
-redis.call('HSET', h, 'last_status', ARGV[1])
-if ARGV[5] ~= '' then redis.call('HSET', h, 'reason', ARGV[5]) end
-if ARGV[2] ~= '' then
-  local field = 'cool:' .. ARGV[2]
-  if tonumber(ARGV[3]) > tonumber(redis.call('HGET', h, field) or '0') then redis.call('HSET', h, field, ARGV[3]) end
+# Everything one finished response changes, in one call. KEYS, each part present only when its count
+# says so: the usage bucket, the key's counters (spend per period, tokens per window), the sticky
+# binding, the account's health.  ARGV: usage field count U, bucket ttl s, U field/value pairs;
+# counter count C, C amount/ttl s (0: none) pairs; sticky ttl s (0: none), sticky account;
+# then, when a health key is given: status, cool family, cool until, state, reason, count failure
+# (0/1), failure streak, failure cooldown s, and the rate-limit snapshot as field/value pairs.
+_RECORD_COMPLETION = """
+local k, a = 1, 1
+local fields = tonumber(ARGV[a])
+if fields > 0 then
+  local bucket = KEYS[k]
+  k = k + 1
+  for i = a + 2, a + 2 * fields, 2 do redis.call('HINCRBY', bucket, ARGV[i], ARGV[i + 1]) end
+  redis.call('EXPIRE', bucket, ARGV[a + 1])
 end
-if ARGV[4] ~= '' then redis.call('HSET', h, 'state', ARGV[4]) end
-if ARGV[6] == '1' then
-  if redis.call('HINCRBY', h, 'fail_streak', 1) >= tonumber(ARGV[7]) then
-    local t = redis.call('TIME')
-    redis.call('HSET', h, 'cool:all', tonumber(t[1]) + tonumber(ARGV[8]), 'fail_streak', 0)
+a = a + 2 + 2 * fields
+local counters = tonumber(ARGV[a])
+for i = 1, counters do
+  local at = a + 2 * i - 1
+  redis.call('INCRBY', KEYS[k], ARGV[at])
+  if tonumber(ARGV[at + 1]) > 0 then redis.call('EXPIRE', KEYS[k], ARGV[at + 1]) end
+  k = k + 1
+end
+a = a + 1 + 2 * counters
+if tonumber(ARGV[a]) > 0 then
+  redis.call('SET', KEYS[k], ARGV[a + 1], 'EX', ARGV[a])
+  k = k + 1
+end
+a = a + 2
+if k > #KEYS then return 1 end
+local h = KEYS[k]
+local status, family, cool_until, state, reason = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+redis.call('HSET', h, 'last_status', status)
+if reason ~= '' then redis.call('HSET', h, 'reason', reason) end
+if family ~= '' then
+  local field = 'cool:' .. family
+  if tonumber(cool_until) > tonumber(redis.call('HGET', h, field) or '0') then
+    redis.call('HSET', h, field, cool_until)
   end
-elseif tonumber(ARGV[1]) < 400 then
+end
+if state ~= '' then redis.call('HSET', h, 'state', state) end
+if ARGV[a + 5] == '1' then
+  if redis.call('HINCRBY', h, 'fail_streak', 1) >= tonumber(ARGV[a + 6]) then
+    local t = redis.call('TIME')
+    redis.call('HSET', h, 'cool:all', tonumber(t[1]) + tonumber(ARGV[a + 7]), 'fail_streak', 0)
+  end
+elseif tonumber(status) < 400 then
   redis.call('HSET', h, 'fail_streak', 0)
 end
-for i = 9, #ARGV, 2 do redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end
+for i = a + 8, #ARGV, 2 do redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
@@ -395,7 +424,7 @@ class Store:
         self._count_leases = self.redis.register_script(_COUNT_LEASES)
         self._admit = self.redis.register_script(_ADMIT)
         self._renew_leases = self.redis.register_script(_RENEW_LEASES)
-        self._note_outcome = self.redis.register_script(_NOTE_OUTCOME)
+        self._record_completion = self.redis.register_script(_RECORD_COMPLETION)
         self._release_owned = self.redis.register_script(_RELEASE_OWNED)
         self._clear_state = self.redis.register_script(_CLEAR_STATE)
         self._lock_acquire = self.redis.register_script(_LOCK_ACQUIRE)
@@ -605,15 +634,29 @@ class Store:
         sticky: StickyBinding | None = None,
         charge: Charge | None = None,
     ) -> None:
-        """Everything one finished response changes, in one pipeline: usage, account health, stickiness,
-        the key's spend and token windows."""
-        pipe = self.redis.pipeline(transaction=False)
+        """Everything one finished response changes, in one script call: usage, the key's spend and token
+        windows, stickiness, account health."""
+        keys: list[str] = []
+        args: list[str | int | float] = []
         if usage is not None:
-            self._add_usage(pipe, usage, retention_days)
-        if charge is not None:
-            self._add_charge(pipe, charge)
+            bucket, fields = self._usage_fields(usage)
+            keys.append(bucket)
+            args += [len(fields) // 2, retention_days * 86400, *fields]
+        else:
+            args += [0, 0]
+        counters = self._charge_counters(charge) if charge is not None else []
+        keys += [counter for counter, _, _ in counters]
+        args.append(len(counters))
+        for _, amount, ttl_s in counters:
+            args += [amount, ttl_s]
+        if sticky is not None and outcome is not None and outcome.status < 400:
+            keys.append(self._sticky(sticky))
+            args += [sticky.ttl_s, account_id]
+        else:
+            args += [0, ""]
         if outcome is not None:
-            args: list[str | int | float] = [
+            keys.append(self.health_key(account_id))
+            args += [
                 outcome.status,
                 outcome.cool_family or "",
                 outcome.cool_until or 0,
@@ -625,20 +668,8 @@ class Store:
             ]
             for name, value in outcome.rate_limits.items():
                 args += [name, value]
-            note = (self.health_key(account_id), *args)
-            # A plain EVALSHA: a Script object would make redis-py send SCRIPT EXISTS first (a round trip).
-            # As a raw command, because redis-py's cluster pipeline blocks its evalsha() method; it routes
-            # the raw one by its key like any other command.
-            pipe.execute_command("EVALSHA", self._note_outcome.sha, 1, *note)
-        if sticky is not None and outcome is not None and outcome.status < 400:
-            pipe.set(self._sticky(sticky), account_id, ex=sticky.ttl_s)
-        if not len(pipe):
-            return
-        for result in await self._call(pipe.execute(raise_on_error=False)):
-            if isinstance(result, NoScriptError):  # the store restarted empty: load it, run only that command
-                await self._call(self._note_outcome(keys=[note[0]], args=list(note[1:])))
-            elif isinstance(result, Exception):
-                raise StoreError(str(result))
+        if keys:
+            await self._call(self._record_completion(keys=keys, args=args))
 
     def key_leases(self, key_id: str) -> str:
         return f"{self.tag}:leases:key:{key_id}"
@@ -715,19 +746,18 @@ class Store:
     def window_key(self, key_id: str, seconds: int, now: float) -> str:
         return f"{self.tag}:win:{key_id}:{seconds}:{int(now) // seconds}"
 
-    def _add_charge(self, pipe: Any, charge: Charge) -> None:
+    def _charge_counters(self, charge: Charge) -> list[tuple[str, int, int]]:
+        """(counter, amount, ttl s or 0) for each budget period and token window the charge adds to."""
+        counters = []
         if charge.cost_nanousd:
             for period, current in charge.periods.items():
                 counter = self.spend_key(charge.key_id, period, current.id)
-                pipe.incrby(counter, charge.cost_nanousd)
-                if current.keep_s:
-                    pipe.expire(counter, current.keep_s)
+                counters.append((counter, charge.cost_nanousd, current.keep_s or 0))
         if charge.tokens:
             now = time.time()
             for seconds in charge.token_windows:
-                counter = self.window_key(charge.key_id, seconds, now) + ":t"
-                pipe.incrby(counter, charge.tokens)
-                pipe.expire(counter, seconds + 1)
+                counters.append((self.window_key(charge.key_id, seconds, now) + ":t", charge.tokens, seconds + 1))
+        return counters
 
     async def key_consumption(self, key: TeamKey, now_periods: Mapping[str, Period]) -> dict[str, Any]:
         """Spend per budget period, use of the current windows, leases in use: what `keys show` prints."""
@@ -752,9 +782,9 @@ class Store:
             "in_flight": await self.count_leases(self.key_leases(key.id)),
         }
 
-    def _add_usage(self, pipe: Any, record: UsageRecord, retention_days: int) -> None:
+    def _usage_fields(self, record: UsageRecord) -> tuple[str, list[str | int]]:
+        """The day's usage bucket and the field/value pairs the record adds to it (zeros left out)."""
         when = self.local_time(record.at)
-        bucket = self._bucket(when.date().isoformat())
         prefix = f"{when.hour:02d}|{record.key_id}|{record.account_id}|{record.model}|"
         counts = record.usage.counters()
         counts.update(
@@ -765,10 +795,11 @@ class Store:
             unpriced=int(record.cost_usd is None),
             cost_nanousd=int((record.cost_usd or Decimal(0)) * NANOS_PER_USD),
         )
+        fields: list[str | int] = []
         for metric, value in counts.items():
             if value:
-                pipe.hincrby(bucket, prefix + metric, value)
-        pipe.expire(bucket, retention_days * 86400)
+                fields += [prefix + metric, value]
+        return self._bucket(when.date().isoformat()), fields
 
     async def usage_cells(self, first: dt.date, last: dt.date) -> list[UsageCell]:
         days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import pytest
 
 from relay_core.health import HealthRules
 from relay_core.health import Outcome
+from relay_core.limits import periods
 from relay_core.models import Account
 from relay_core.models import AccountKind
+from relay_core.store import Charge
+from relay_core.store import StickyBinding
 from relay_core.store import Store
+from relay_core.store import UsageRecord
+from relay_core.usage import TokenUsage
 
 
 @pytest.fixture
@@ -59,3 +66,46 @@ async def test_concurrent_account_updates_lose_nothing(store: Store) -> None:
     await asyncio.gather(*(bump(n) for n in range(20)))
     stored = await store.get_account(account.id)
     assert stored is not None and sorted(stored.groups) == sorted(f"g{n}" for n in range(20))
+
+
+async def test_a_completion_is_one_script_call_that_writes_every_part(store: Store) -> None:
+    """Usage, spend, token window, stickiness and health land together, each counter with its expiry."""
+    now = time.time()
+    current = periods(now, store.zone)
+    usage = UsageRecord(now, "k1", "a1", "claude-sonnet-4-6", TokenUsage(input_tokens=7, output_tokens=3), Decimal(1))
+    charge = Charge("k1", current, 1_000_000_000, 10, (60,))
+    before = await store.redis.info("commandstats")
+    await store.record_completion(
+        "a1",
+        Outcome(status=200, rate_limits={"rl_status": "allowed"}),
+        HealthRules(),
+        usage,
+        retention_days=2,
+        sticky=StickyBinding("k1", "s1", 300),
+        charge=charge,
+    )
+    after = await store.redis.info("commandstats")
+    calls = {name: after[name]["calls"] - before.get(name, {"calls": 0})["calls"] for name in after}
+    assert calls.get("cmdstat_evalsha", 0) + calls.get("cmdstat_eval", 0) == 1
+
+    today = store.local_time(now).date()
+    cells = {cell.metric: cell.value for cell in await store.usage_cells(today, today)}
+    assert cells["input_tokens"] == 7 and cells["output_tokens"] == 3 and cells["requests"] == 1
+    assert cells["cost_nanousd"] == 1_000_000_000
+    bucket = store._bucket(store.local_time(now).date().isoformat())
+    assert 0 < await store.redis.ttl(bucket) <= 2 * 86400
+    day = store.spend_key("k1", "day", current["day"].id)
+    assert int(await store.redis.get(day)) == 1_000_000_000
+    assert await store.redis.ttl(day) > 0
+    assert int(await store.redis.get(store.spend_key("k1", "total", current["total"].id))) == 1_000_000_000
+    window = store.window_key("k1", 60, now) + ":t"
+    assert int(await store.redis.get(window)) == 10 and 0 < await store.redis.ttl(window) <= 61
+    assert await store.sticky_account("k1", "s1") == "a1"
+    health = (await store.account_health(["a1"]))["a1"]
+    assert (health.last_status, health.rate_limits) == (200, {"rl_status": "allowed"})
+
+
+async def test_a_failed_completion_binds_no_session(store: Store) -> None:
+    await store.record_completion("a1", Outcome(status=529), HealthRules(), sticky=StickyBinding("k1", "s1", 300))
+    assert await store.sticky_account("k1", "s1") is None
+    assert (await store.account_health(["a1"]))["a1"].last_status == 529
