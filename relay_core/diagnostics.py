@@ -146,7 +146,9 @@ async def read_store(settings: Settings) -> StoreFacts:
         log = settings.data_dir / "valkey" / "valkey.log"
         return StoreFacts(Check("store", Level.FAIL, f"embedded Valkey: {exc}", f"see {log}, or set RELAY_REDIS_URL"))
     shown = masked_url(url)
-    store = Store(url, settings.key_prefix, settings.timezone, settings.store_timeout_ms)
+    store = Store(
+        url, settings.key_prefix, settings.timezone, settings.store_timeout_ms, settings.store_max_connections
+    )
     try:
         await store.ping()
         version = await store.server_version()

@@ -40,7 +40,13 @@ class Runtime:
         self.settings = settings
         self.redis_url = settings.redis_url or ensure_embedded_store(settings.data_dir)
         self.keyring = Keyring(load_or_create_secret(settings.secret_key, settings.data_dir))
-        self.store = Store(self.redis_url, settings.key_prefix, settings.timezone, settings.store_timeout_ms)
+        self.store = Store(
+            self.redis_url,
+            settings.key_prefix,
+            settings.timezone,
+            settings.store_timeout_ms,
+            settings.store_max_connections,
+        )
         self.queue = UserMessageQueue(self.store, settings)
         self.leases = LeaseKeeper(self.store, settings.lease_ttl_ms)
         self.refresher = TokenRefresher(self.store, self.keyring, settings)

@@ -310,18 +310,24 @@ USAGE_METRICS = (
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
-def connect(url: str, timeout_s: float) -> aioredis.Redis | RedisCluster:
+def connect(url: str, timeout_s: float, max_connections: int = 200) -> aioredis.Redis | RedisCluster:
     """A client for a Redis/Valkey URL. `redis+cluster://[user:pass@]host:port[,host:port...][?options]`
     (or `rediss+cluster://`) is a Redis Cluster: any one reachable node is enough to find the rest,
-    more make start-up survive a node that is down."""
+    more make start-up survive a node that is down.
+
+    A burst of requests beyond `max_connections` store calls at once waits for a free connection (up to
+    the timeout) instead of failing: redis-py's default pool refuses the 101st at once ("Too many
+    connections"), which turned a burst of 500 new streams into 503s. Its cluster client has no
+    waiting pool, so there the limit is per node and a call beyond it fails (fail closed, 503)."""
     options: dict[str, Any] = {
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
         "health_check_interval": 30,
+        "max_connections": max_connections,
     }
     parts = urlsplit(url)
     if parts.scheme not in CLUSTER_SCHEMES:
-        return aioredis.from_url(url, **options)
+        return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(url, timeout=timeout_s, **options))
     credentials, _, hosts = parts.netloc.rpartition("@")
     first, *others = hosts.split(",")
     netloc = f"{credentials}@{first}" if credentials else first
@@ -401,10 +407,17 @@ class UsageCell:
 
 
 class Store:
-    def __init__(self, url: str, prefix: str = "relay", timezone: str = "UTC", timeout_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "relay",
+        timezone: str = "UTC",
+        timeout_ms: int = 1000,
+        max_connections: int = 200,
+    ) -> None:
         if not prefix:
             raise ValueError("the key prefix may not be empty: it is the hash tag that keeps every key in one slot")
-        self.redis = connect(url, timeout_ms / 1000)
+        self.redis = connect(url, timeout_ms / 1000, max_connections)
         self.zone = ZoneInfo(timezone)
         tag = "{" + prefix + "}"
         self.k_keys = f"{tag}:keys"

@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import anthropic
 import pytest
@@ -349,3 +350,28 @@ def test_slow_clients_block_no_one_and_lose_no_usage(start_relay, admin: Admin, 
     } and time.monotonic() < deadline:
         time.sleep(0.05)
     assert state == {"leases": 0, "locks": [None], "waiting": [0]}
+
+
+def test_a_burst_beyond_the_store_connection_pool_waits_instead_of_failing(
+    start_relay, admin: Admin, upstream: FakeUpstream
+) -> None:
+    """Twenty times as many requests at once as the relay has store connections: every one is answered
+    and counted. (redis-py's default pool refused call 101 at once: a burst of new streams got 503s.)"""
+    relay = start_relay(RELAY_STORE_MAX_CONNECTIONS="2")
+    key = admin.create_key("burst")
+    admin.add_account("console", "sk-ant-api03-burst")
+    burst = 40
+    barrier = threading.Barrier(burst)
+    sdk = anthropic.Anthropic(base_url=relay.url, auth_token=key, max_retries=0)
+
+    def one(_: int) -> int:
+        barrier.wait()
+        sdk.messages.create(model="claude-haiku-4-5-20251001", max_tokens=5, messages=MESSAGES)
+        return 200  # any refusal raises
+
+    with ThreadPoolExecutor(burst) as pool:
+        assert list(pool.map(one, range(burst))) == [200] * burst
+    assert len(upstream.requests) == burst
+    rows = admin.wait_for_requests(burst)
+    assert sum(row["requests"] for row in rows) == burst
+    assert "store unavailable" not in relay.log()
