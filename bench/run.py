@@ -25,6 +25,7 @@ from bench.report import write_results
 from bench.scenarios import Config
 from bench.scenarios import Row
 from bench.scenarios import Scenarios
+from bench.stack import bare_proxy
 from bench.stack import running_stack
 from bench.stack import workers_relay
 
@@ -97,6 +98,10 @@ async def bench(cfg: Config) -> tuple[list[Row], dict[str, Any], str]:
         with workers_relay(stack, WORKERS) as port:
             rows += await scenarios.workers_vs_one(Target.make("workers", port, stack.team_key), WORKERS)
         print(f"  workers: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        with bare_proxy(stack) as port:
+            rows += await scenarios.bare_proxy(Target.make("bare", port, stack.team_key))
+        print(f"  bare proxy core: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
         details = {**scenarios.details, "relay_log_lines_during_run": stack.relay.line_count - lines_before}
         return rows, details, stack.relay.log()
 

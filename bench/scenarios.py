@@ -322,6 +322,42 @@ class Scenarios:
             Row(f"f. requests/s @{n}, {count} workers / 1 process", None, many / one if one else float("nan")),
         ]
 
+    async def bare_proxy(self, bare: Target) -> list[Row]:
+        """g. The small-request scenarios (a, b) through `relay serve`'s proxy core without the relay's addons."""
+        cfg = self.cfg
+        targets = (self.direct, self.relay, bare)
+        serial_conns = {t.name: Conn(t.port) for t in targets}
+        latencies: dict[str, list[float]] = {t.name: [] for t in targets}
+        loads = {t.name: await open_conns(t.port, cfg.concurrency) for t in targets}
+        tallies = {t.name: Tally() for t in targets}
+        try:
+            for t in targets:
+                require_ok(await serial(serial_conns[t.name], t.plain, 20), t)
+            for i in range(cfg.serial_rounds):
+                for t in targets[i % 3 :] + targets[: i % 3]:
+                    batch = await serial(serial_conns[t.name], t.plain, cfg.serial_requests // cfg.serial_rounds)
+                    require_ok(batch, t)
+                    latencies[t.name] += [x.total_s for x in batch]
+            for i in range(cfg.rounds):
+                for t in targets[i % 3 :] + targets[: i % 3]:
+                    tallies[t.name].merge(await closed_loop(loads[t.name], t.plain, cfg.duration / cfg.rounds))
+        finally:
+            for conn in serial_conns.values():
+                conn.close()
+            for group in loads.values():
+                for conn in group:
+                    conn.close()
+        self._note_errors("bare proxy core", tallies)
+        d, relay, plain = (tallies[t.name].per_second for t in targets)
+        p50 = {name: ms(percentile(values, 50)) for name, values in latencies.items()}
+        n = cfg.concurrency
+        return [
+            Row("g. bare proxy core serial latency p50 (ms)", p50[self.direct.name], p50[bare.name], "added"),
+            Row("g. relay's own addons, serial p50 (ms)", None, p50[self.relay.name] - p50[bare.name]),
+            Row(f"g. bare proxy core requests/s @{n}", d, plain, "ratio"),
+            Row(f"g. relay / bare proxy core requests/s @{n}", None, relay / plain if plain else float("nan")),
+        ]
+
     def memory(self) -> dict[str, float]:
         """e. The relay's resident memory now and at its peak, in MiB."""
         kib = memory_kib(self.relay_pid)

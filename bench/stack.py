@@ -26,6 +26,7 @@ from relay_core.settings import Settings
 
 BIN = Path(sys.executable).parent
 RELAY_READY = re.compile(r"claude-relay listening at 127\.0\.0\.1:(\d+)")
+BARE_READY = re.compile(r"bare proxy listening at 127\.0\.0\.1:(\d+)")
 UPSTREAM_READY = re.compile(r"fake-upstream listening at 127\.0\.0\.1:(\d+)")
 KEY_PREFIX = "bench"
 
@@ -112,5 +113,16 @@ def workers_relay(stack: Stack, workers: int) -> Iterator[int]:
         while child.log().count("claude-relay listening at") < workers and time.monotonic() < deadline:
             time.sleep(0.05)
         yield port
+    finally:
+        child.stop()
+
+
+@contextlib.contextmanager
+def bare_proxy(stack: Stack) -> Iterator[int]:
+    """`relay serve`'s proxy core alone (bench/bare_proxy.py) to the same upstream; yields its port."""
+    command = [sys.executable, "-m", "bench.bare_proxy", f"http://127.0.0.1:{stack.upstream_port}"]
+    child = Child("bare proxy", command, BARE_READY, clean_env())
+    try:
+        yield child.start()
     finally:
         child.stop()

@@ -10,7 +10,9 @@ with an event loop of its own), so a single server and a cluster run the same co
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import inspect
 import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
@@ -315,19 +317,17 @@ def connect(url: str, timeout_s: float, max_connections: int = 200) -> aioredis.
     (or `rediss+cluster://`) is a Redis Cluster: any one reachable node is enough to find the rest,
     more make start-up survive a node that is down.
 
-    A burst of requests beyond `max_connections` store calls at once waits for a free connection (up to
-    the timeout) instead of failing: redis-py's default pool refuses the 101st at once ("Too many
-    connections"), which turned a burst of 500 new streams into 503s. Its cluster client has no
-    waiting pool, so there the limit is per node and a call beyond it fails (fail closed, 503)."""
+    The pool (per node for a cluster) has room for every call Store lets run at once, plus the
+    subscription of the rate lock's waiters: Store, not the pool, makes surplus calls wait."""
     options: dict[str, Any] = {
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
         "health_check_interval": 30,
-        "max_connections": max_connections,
+        "max_connections": max_connections + 2,
     }
     parts = urlsplit(url)
     if parts.scheme not in CLUSTER_SCHEMES:
-        return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(url, timeout=timeout_s, **options))
+        return aioredis.from_url(url, **options)
     credentials, _, hosts = parts.netloc.rpartition("@")
     first, *others = hosts.split(",")
     netloc = f"{credentials}@{first}" if credentials else first
@@ -418,6 +418,12 @@ class Store:
         if not prefix:
             raise ValueError("the key prefix may not be empty: it is the hash tag that keeps every key in one slot")
         self.redis = connect(url, timeout_ms / 1000, max_connections)
+        self.timeout_s = timeout_ms / 1000
+        self.max_connections = max_connections
+        # Calls beyond the pool wait here for a free connection (within the store timeout) instead of
+        # failing: redis-py's pools refuse call 101 at once ("Too many connections"), which turned a
+        # burst of 500 new streams into 503s. Cheaper than redis-py's blocking pool when uncontended.
+        self._slots = asyncio.Semaphore(max_connections)
         self.zone = ZoneInfo(timezone)
         tag = "{" + prefix + "}"
         self.k_keys = f"{tag}:keys"
@@ -447,6 +453,27 @@ class Store:
         await self.redis.aclose()
 
     async def _call(self, awaitable: Any) -> Any:
+        """Runs one store call on a free connection and turns every driver failure into StoreError."""
+        try:
+            if self._slots.locked():
+                async with asyncio.timeout(self.timeout_s):
+                    await self._slots.acquire()
+            else:
+                await self._slots.acquire()  # a free slot: taken without suspending
+        except TimeoutError:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise StoreError(
+                f"all {self.max_connections} store connections stayed busy for {self.timeout_s:g} s"
+            ) from None
+        try:
+            return await self._unbounded(awaitable)
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    async def _unbounded(awaitable: Any) -> Any:
+        """A call outside the connection slots: the rate lock's long-lived subscription."""
         try:
             return await awaitable
         except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
@@ -739,9 +766,9 @@ class Store:
         """Account ids as their rate lock is released, by any relay process (one subscription each)."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await self._call(pubsub.subscribe(self.lock_channel))
+            await self._unbounded(pubsub.subscribe(self.lock_channel))
             while True:
-                message = await self._call(pubsub.get_message(timeout=None))
+                message = await self._unbounded(pubsub.get_message(timeout=None))
                 if message is not None and message.get("type") == "message":
                     yield message["data"].decode()
         finally:

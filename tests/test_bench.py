@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("a. serial", "b. requests/s", "c. SSE events/s", "d. store round trips", "e. relay RSS with", "f. ")
+SCENARIOS = (
+    "a. serial",
+    "b. requests/s",
+    "c. SSE events/s",
+    "d. store round trips",
+    "e. relay RSS with",
+    "f. ",
+    "g. bare proxy core",
+)
 
 
 def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
