@@ -23,5 +23,6 @@ class FailClosedGate:
             return
         state = state_of(flow)
         if state is None or not state.routed:
-            logger.error("refusing unrouted flow %s %s", flow.request.method, flow.request.path)
+            path = flow.request.path.partition("?")[0]  # a query may carry a key
+            logger.error("refusing unrouted flow %s %s", flow.request.method, path)
             refuse(flow, internal_error())

@@ -203,6 +203,8 @@ class WebRedaction:
             copy.request.data.path = mask_path(copy.request.data.path)
         copy.response = self._redacted(flow.response, token_endpoint) if flow.response else None
         copy.error = flow.error.copy() if flow.error else None
+        if copy.error is not None:
+            copy.error.msg = mask_body(copy.error.msg.encode(), token_endpoint).decode(errors="replace")
         state = state_of(flow)
         if state is not None:
             key = f"key {state.key.name}" if state.key else ""

@@ -2,15 +2,17 @@
 
 Checks only look. The store's secret fingerprint is read, never claimed (a new store stays new), a
 missing server secret is reported, not generated, and the reachability probes are plain GETs that
-carry no credential of any kind. The one side effect is the embedded Valkey, which starts here as it
-does for every CLI command. No secret value ends up in a report: settings are masked first, account
-secrets are only opened to see that they still open.
+carry no Anthropic credential (through an account's proxy, only that proxy's own credentials). The
+one side effect is the embedded Valkey, which starts here as it does for every CLI command. No
+secret value ends up in a report: settings are masked first, account secrets are only opened to see
+that they still open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import http.client
 import json
 import os
 import re
@@ -104,10 +106,10 @@ def _masked(name: str, value: Any) -> Any:
         return {k: _masked(k, getattr(value, k)) for k in type(value).model_fields}
     if isinstance(value, Path):
         return str(value)
+    if _SECRET_NAME.search(name):  # before the URL test: a password may contain "://"
+        return MASK if value else None
     if isinstance(value, str) and (name.endswith("_url") or "://" in value):
         return masked_url(value)
-    if _SECRET_NAME.search(name):
-        return MASK if value else None
     return value
 
 
@@ -366,6 +368,9 @@ def reach(target: Target, users: list[str], timeout: float = REACH_TIMEOUT_S) ->
     name = f"{target.what} {masked_url(target.url)}" + (f" via {masked_url(target.proxy)}" if target.proxy else "")
     used_by = f"; used by {', '.join(users)}" if users else ""
     url = target.url + "/v1/models" if target.what == "upstream" else target.url
+    parts = urlsplit(url)
+    if "@" in parts.netloc:  # credentials in a URL are not sent (and urllib would quote them in an error)
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     where = "RELAY_OAUTH__TOKEN_URL" if target.what == "oauth" else "RELAY_UPSTREAM_URL or the account's --base-url"
     fix = f"check DNS, firewall, {where}" + (", and the account's --proxy" if target.proxy else "")
     request = urllib.request.Request(url, headers={"user-agent": "claude-relay-doctor"}, method="GET")
@@ -376,7 +381,7 @@ def reach(target: Target, users: list[str], timeout: float = REACH_TIMEOUT_S) ->
     except urllib.error.HTTPError as exc:
         status = exc.code
         exc.close()
-    except (urllib.error.URLError, OSError, OAuthError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, OAuthError, ValueError, http.client.HTTPException) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         return Check(name, Level.FAIL, f"unreachable: {reason}{used_by}", fix)
     took = (time.perf_counter() - started) * 1000
@@ -452,8 +457,11 @@ async def diagnose(settings: Settings, active: bool = False) -> Report:
     report = Report(masked_settings(settings), checks)
     if not facts.reachable:
         return await _with_network(report, settings, facts, active)
-    trusted = secret_verdict.level is Level.OK or (secret is not None and facts.fingerprint is None)
-    keyring = Keyring(secret) if secret is not None and trusted else None
+    # Decryption proves something only with the store's own secret (or a new store's): a readable-by-others
+    # warning on a matching secret still counts.
+    keyring = Keyring(secret) if secret is not None else None
+    if keyring is not None and facts.fingerprint is not None and keyring.fingerprint != facts.fingerprint:
+        keyring = None
     now = time.time()
     for account in facts.accounts:
         health = facts.health[account.id]

@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     )
     usage_retention_days: int = Field(400, description="usage buckets expire after this many days")
     timezone: str = Field("UTC", description="time zone of usage days and limit windows")
-    store_timeout_ms: int = Field(1000, description="longest wait for one store call on the hot path")
+    store_timeout_ms: int = Field(
+        1000, description="longest wait for a store connection, and then for its answer, on the hot path"
+    )
     store_max_connections: int = Field(
         200, ge=1, description="store connections per relay process; calls beyond wait for a free one"
     )

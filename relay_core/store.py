@@ -11,6 +11,7 @@ with an event loop of its own), so a single server and a cluster run the same co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import inspect
 import time
@@ -460,12 +461,14 @@ class Store:
                     await self._slots.acquire()
             else:
                 await self._slots.acquire()  # a free slot: taken without suspending
-        except TimeoutError:
+        except BaseException as exc:  # timed out or cancelled while waiting: the call never starts
             if inspect.iscoroutine(awaitable):
                 awaitable.close()
-            raise StoreError(
-                f"all {self.max_connections} store connections stayed busy for {self.timeout_s:g} s"
-            ) from None
+            if isinstance(exc, TimeoutError):
+                raise StoreError(
+                    f"all {self.max_connections} store connections stayed busy for {self.timeout_s:g} s"
+                ) from None
+            raise
         try:
             return await self._unbounded(awaitable)
         finally:
@@ -678,18 +681,16 @@ class Store:
         windows, stickiness, account health."""
         keys: list[str] = []
         args: list[str | int | float] = []
-        if usage is not None:
-            bucket, fields = self._usage_fields(usage)
+        bucket, fields = self._usage_fields(usage) if usage is not None else ("", [])
+        if fields:  # never empty for a record (requests=1), but the script must not misread KEYS if it were
             keys.append(bucket)
-            args += [len(fields) // 2, retention_days * 86400, *fields]
-        else:
-            args += [0, 0]
+        args += [len(fields) // 2, retention_days * 86400, *fields]
         counters = self._charge_counters(charge) if charge is not None else []
         keys += [counter for counter, _, _ in counters]
         args.append(len(counters))
         for _, amount, ttl_s in counters:
             args += [amount, ttl_s]
-        if sticky is not None and outcome is not None and outcome.status < 400:
+        if sticky is not None and sticky.ttl_s > 0 and outcome is not None and outcome.status < 400:
             keys.append(self._sticky(sticky))
             args += [sticky.ttl_s, account_id]
         else:
@@ -772,7 +773,8 @@ class Store:
                 if message is not None and message.get("type") == "message":
                     yield message["data"].decode()
         finally:
-            await pubsub.aclose()
+            with contextlib.suppress(Exception):  # the store may be gone; the caller's error is the one to keep
+                await pubsub.aclose()
 
     def _bucket(self, day: str) -> str:
         return f"{self.k_usage}:{day}"

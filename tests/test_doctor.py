@@ -202,6 +202,28 @@ def test_dead_upstream_fails_doctor_not_status(env: dict[str, str], monkeypatch:
     assert text.exit_code == 1 and f"FAIL  upstream {dead_default}" in text.output and "fix:" in text.output
 
 
+def test_credentials_in_urls_and_secret_values_with_a_scheme_stay_masked(
+    env: dict[str, str], upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password inside the upstream URL is neither probed with nor printed (it once crashed doctor and
+    showed in the traceback), and a secret setting is masked even when its value looks like a URL."""
+    password = "pw-DOCTOR-URL-0123456789"
+    monkeypatch.setenv("RELAY_UPSTREAM_URL", upstream.url.replace("http://", f"http://user:{password}@", 1))
+    monkeypatch.setenv("RELAY_WEB_PASSWORD", "x://" + WEB_PASSWORD)
+    for args in (("doctor",), ("doctor", "--format", "json"), ("status", "--format", "json")):
+        result = cli(*args)
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+        assert password not in result.output and WEB_PASSWORD not in result.output, args
+    found = checks(cli("doctor", "--format", "json"))
+    upstream_check = next(c for name, c in found.items() if name.startswith("upstream "))
+    assert upstream_check["level"] == "ok", upstream_check
+
+    monkeypatch.setenv("RELAY_UPSTREAM_URL", f"http://user:{password}@127.0.0.1")  # no port: urllib choked on it
+    result = cli("doctor", "--format", "json")
+    assert result.exit_code in (0, 1) and "Traceback" not in result.output, result.output  # 1 unless :80 answers
+    assert password not in result.output and "upstream http://user:***@127.0.0.1" in result.output
+
+
 def test_account_states_show_and_fail(env: dict[str, str], settings: Settings, admin: Admin) -> None:
     ok("keys", "create", "alice")
     ok("accounts", "add-console", "good", "--api-key", API_KEY)

@@ -337,3 +337,19 @@ def test_web_memory_stays_bounded_over_5000_flows(
     body = ui.get(f"/flows/{flows[-1]['id']}/response/content.data")
     assert len(answer) > 16384 and len(body) < 16384 + 100 and b"relay web kept 16384 of" in body
     assert relay.alive()
+
+
+def test_an_error_message_is_masked_in_the_kept_copy() -> None:
+    """Errors can quote what a peer sent; the copy mitmweb keeps shows the credential's kind, not its value."""
+    from mitmproxy.test import tflow
+
+    from addons.web_redaction import WebRedaction
+
+    flow = tflow.tflow(err=True)
+    flow.error.msg = "peer closed after rejecting rk-ABCDEFGHIJKLMNOP and sk-ant-oat01-QRSTUVWXYZ012345"
+    copy = tflow.tflow()
+    WebRedaction()._fill(copy, flow, with_request=True)
+    assert copy.error is not None
+    assert "ABCDEFGHIJKLMNOP" not in copy.error.msg and "QRSTUVWXYZ012345" not in copy.error.msg
+    assert "rk-[redacted]" in copy.error.msg and "sk-ant-oat01-[redacted]" in copy.error.msg
+    assert "ABCDEFGHIJKLMNOP" in flow.error.msg  # the live flow is never changed
