@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from addons.auth import Auth
 from addons.concurrency_lease import ConcurrencyLease
 from addons.error_pages import AnthropicErrorPages
@@ -12,6 +10,7 @@ from addons.graceful_drain import GracefulDrain
 from addons.metrics import Metrics
 from addons.queue_lock import QueueLock
 from addons.recorder import Recorder
+from addons.relay_chain import RelayChain
 from addons.relay_runtime import RelayRuntime
 from addons.request_log import RequestLog
 from addons.router import Router
@@ -20,24 +19,26 @@ from addons.service_endpoints import ServiceEndpoints
 from relay_core.runtime import Runtime
 
 
-def relay_addons(runtime: Runtime | None = None) -> list[Any]:
+def relay_chain(runtime: Runtime | None = None) -> RelayChain:
     shared = RelayRuntime(runtime)
     # RelayRuntime appends FailClosedGate at the very end of mitmproxy's chain once everything is loaded.
-    return [
-        shared,
-        AnthropicErrorPages(),
-        Metrics(shared),
-        ServiceEndpoints(shared),
-        SelfService(shared),
-        Auth(shared),
-        Router(shared),
-        QueueLock(shared),
-        Failover(shared),
-        Recorder(shared),
-        ConcurrencyLease(shared),
-        RequestLog(shared),
-        GracefulDrain(shared),  # after the Recorder: a flow counts as finished once its usage is recorded
-    ]
+    return RelayChain(
+        [
+            shared,
+            AnthropicErrorPages(),
+            Metrics(shared),
+            ServiceEndpoints(shared),
+            SelfService(shared),
+            Auth(shared),
+            Router(shared),
+            QueueLock(shared),
+            Failover(shared),
+            Recorder(shared),
+            ConcurrencyLease(shared),
+            RequestLog(shared),
+            GracefulDrain(shared),  # after the Recorder: a flow counts as finished once its usage is recorded
+        ]
+    )
 
 
-addons = relay_addons()
+addons = [relay_chain()]

@@ -120,7 +120,7 @@ def workers_relay(stack: Stack, workers: int) -> Iterator[int]:
 @contextlib.contextmanager
 def bare_proxy(stack: Stack) -> Iterator[int]:
     """`relay serve`'s proxy core alone (bench/bare_proxy.py) to the same upstream; yields its port."""
-    command = [sys.executable, "-m", "bench.bare_proxy", f"http://127.0.0.1:{stack.upstream_port}"]
+    command = [sys.executable, "-O", "-m", "bench.bare_proxy", f"http://127.0.0.1:{stack.upstream_port}"]
     child = Child("bare proxy", command, BARE_READY, clean_env())
     try:
         yield child.start()

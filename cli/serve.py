@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import signal
+import sys
 from collections.abc import Callable
 
 import click
@@ -23,7 +25,7 @@ from mitmproxy.addons import tlsconfig
 from mitmproxy.master import Master
 from mitmproxy.proxy import mode_servers
 
-from addons.bundle import relay_addons
+from addons.bundle import relay_chain
 from cli.context import open_runtime
 from cli.workers import Supervisor
 from relay_core.runtime import Runtime
@@ -36,7 +38,7 @@ async def run_proxy(runtime: Runtime) -> None:
     settings = runtime.settings
     master = Master(options.Options())
     master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig())
-    master.addons.add(*relay_addons(runtime))
+    master.addons.add(relay_chain(runtime))
     confdir = settings.data_dir / "mitmproxy"
     confdir.mkdir(parents=True, exist_ok=True)
     master.options.update(
@@ -48,6 +50,18 @@ async def run_proxy(runtime: Runtime) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, master.shutdown)
     await master.run()
+
+
+def run_optimized() -> None:
+    """Run this command again under `python -O` unless PYTHONOPTIMIZE is set (`PYTHONOPTIMIZE=0` opts out).
+
+    With `__debug__` on, mitmproxy type-checks every HTTP message it builds: about a tenth of the
+    relay's CPU per request (docs/profile.md). The relay's own asserts only narrow types. Workers
+    inherit the variable; the process keeps its pid.
+    """
+    if "PYTHONOPTIMIZE" in os.environ or sys.flags.optimize:
+        return
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "PYTHONOPTIMIZE": "1"})
 
 
 def raise_open_files_limit() -> None:
@@ -76,6 +90,7 @@ async def listen_with_shared_port(self: mode_servers.ReverseInstance, host: str,
 @click.option("--shared-port", is_flag=True, hidden=True, help="bind with SO_REUSEPORT (set by the supervisor)")
 def serve(listen: str | None, workers: int | None, shared_port: bool) -> None:
     """Run the relay."""
+    run_optimized()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no line per connection
     runtime = open_runtime(**({"listen": listen} if listen else {}))

@@ -16,7 +16,7 @@ import click
 from mitmproxy import options
 from mitmproxy.tools.web.master import WebMaster
 
-from addons.bundle import relay_addons
+from addons.bundle import relay_chain
 from addons.web_redaction import WebRedaction
 from cli.context import open_runtime
 from cli.serve import DEAD_END_TARGET
@@ -28,7 +28,7 @@ from relay_core.runtime import Runtime
 async def run_web(runtime: Runtime) -> None:
     settings = runtime.settings
     master = WebMaster(options.Options(), with_termlog=False)
-    master.addons.add(*relay_addons(runtime), WebRedaction())
+    master.addons.add(relay_chain(runtime), WebRedaction())
     confdir = settings.data_dir / "mitmproxy"
     confdir.mkdir(parents=True, exist_ok=True)
     web_host, _, web_port = settings.web_listen.rpartition(":")

@@ -1,0 +1,106 @@
+"""RelayChain: the relay's addons as one mitmproxy chain entry, each hook still isolated; and
+`relay serve` runs under `python -O` unless told otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+from mitmproxy import ctx
+from mitmproxy import exceptions
+from mitmproxy.proxy.layers.http import HttpRequestHook
+from mitmproxy.proxy.layers.http import HttpResponseHook
+from mitmproxy.test import taddons
+from mitmproxy.test import tflow
+
+from addons.relay_chain import RelayChain
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+
+class Raising:
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+
+    async def request(self, flow) -> None:  # type: ignore[no-untyped-def]
+        self.calls.seen.append("raising.request")
+        raise ValueError("boom")
+
+    def response(self, flow) -> None:  # type: ignore[no-untyped-def]
+        self.calls.seen.append("raising.response")
+        raise ValueError("boom")
+
+
+class Counting:
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option("counting_level", int, 1, "a test option")
+
+    def configure(self, updated: set[str]) -> None:
+        self.calls.seen.append("configure")
+        if ctx.options.counting_level < 0:
+            raise exceptions.OptionsError("counting_level must not be negative")
+
+    def request(self, flow) -> None:  # type: ignore[no-untyped-def]
+        self.calls.seen.append("counting.request")
+
+    async def response(self, flow) -> None:  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0)
+        self.calls.seen.append("counting.response")
+
+
+def test_a_raising_hook_is_logged_and_the_next_addons_still_run(caplog: pytest.LogCaptureFixture) -> None:
+    calls = Calls()
+    chain = RelayChain([Raising(calls), Counting(calls)])
+    with taddons.context(chain) as tctx, caplog.at_level(logging.ERROR):
+        flow = tflow.tflow(resp=True)
+        asyncio.run(tctx.master.addons.handle_lifecycle(HttpRequestHook(flow)))
+        asyncio.run(tctx.master.addons.handle_lifecycle(HttpResponseHook(flow)))
+    assert calls.seen[-4:] == ["raising.request", "counting.request", "raising.response", "counting.response"]
+    failures = [record for record in caplog.records if record.name == "addons.relay_chain"]
+    assert [record.getMessage() for record in failures] == ["Raising.request failed", "Raising.response failed"]
+    assert all(record.exc_info and record.exc_info[0] is ValueError for record in failures)
+
+
+def test_it_is_one_chain_entry_whose_addons_get_options_and_configuration_errors() -> None:
+    calls = Calls()
+    counting = Counting(calls)
+    chain = RelayChain([Raising(calls), counting])
+    with taddons.context(chain) as tctx:
+        assert chain in tctx.master.addons.chain
+        assert counting not in tctx.master.addons.chain  # not a child either: its hooks run once, through the chain
+        assert not hasattr(chain, "addons")
+        tctx.configure(chain, counting_level=3)
+        assert tctx.options.counting_level == 3
+        with pytest.raises(exceptions.OptionsError, match="must not be negative"):
+            tctx.configure(chain, counting_level=-1)
+    assert "configure" in calls.seen
+    assert not hasattr(chain, "update"), "no addon has the hook, so the chain offers none"
+
+
+def test_a_hook_replaced_after_loading_takes_effect(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Calls()
+    chain = RelayChain([Counting(calls)])
+    monkeypatch.setattr(Counting, "request", lambda self, flow: calls.seen.append("replaced.request"))
+    with taddons.context(chain) as tctx:
+        asyncio.run(tctx.master.addons.handle_lifecycle(HttpRequestHook(tflow.tflow())))
+    assert calls.seen[-1] == "replaced.request"
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().partition("=")[::2] for entry in raw if entry)
+
+
+def test_serve_runs_optimized_unless_pythonoptimize_is_set(start_relay) -> None:
+    optimized = start_relay()
+    assert environ_of(optimized.pid)["PYTHONOPTIMIZE"] == "1"  # the same pid, now under -O
+    opted_out = start_relay(PYTHONOPTIMIZE="0")
+    assert environ_of(opted_out.pid)["PYTHONOPTIMIZE"] == "0"
