@@ -9,10 +9,11 @@ from mitmproxy import http
 from addons.common import state_of
 from addons.relay_runtime import RelayRuntime
 from relay_core.flow_state import FlowState
+from relay_core.request_log import REQUEST_LOGGER
 from relay_core.request_log import format_line
 from relay_core.request_log import request_fields
 
-logger = logging.getLogger("relay.requests")
+logger = logging.getLogger(REQUEST_LOGGER)
 
 
 class RequestLog:

@@ -28,9 +28,11 @@ from mitmproxy.proxy import mode_servers
 from addons.bundle import relay_chain
 from cli.context import open_runtime
 from cli.workers import Supervisor
+from relay_core.request_log import REQUEST_LOGGER
 from relay_core.runtime import Runtime
 
 DEAD_END_TARGET = "http://127.0.0.1:9"
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 logger = logging.getLogger(__name__)
 
 
@@ -64,6 +66,18 @@ def run_optimized() -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "PYTHONOPTIMIZE": "1"})
 
 
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no line per connection
+    # The line per request goes straight to stderr: through the root logger mitmproxy would also turn
+    # each into a deprecated `add_log` event, a cross-thread loop wake-up and a hook call per addon.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    request_log = logging.getLogger(REQUEST_LOGGER)
+    request_log.addHandler(handler)
+    request_log.propagate = False
+
+
 def raise_open_files_limit() -> None:
     """Each open stream holds two sockets (client and upstream); a soft limit of 1024 caps a relay
     near 500 streams, so take what the hard limit allows."""
@@ -91,8 +105,7 @@ async def listen_with_shared_port(self: mode_servers.ReverseInstance, host: str,
 def serve(listen: str | None, workers: int | None, shared_port: bool) -> None:
     """Run the relay."""
     run_optimized()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
-    logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no line per connection
+    configure_logging()
     runtime = open_runtime(**({"listen": listen} if listen else {}))
     workers = workers or runtime.settings.workers
     if workers > 1 and not shared_port:

@@ -8,6 +8,8 @@ from typing import Any
 
 from relay_core.flow_state import FlowState
 
+REQUEST_LOGGER = "relay.requests"  # the logger's name, which every line shows
+
 
 def request_fields(state: FlowState, status: int, error: str | None) -> dict[str, Any]:
     fields: dict[str, Any] = {
