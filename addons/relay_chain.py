@@ -16,11 +16,17 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import Any
 
+import mitmproxy.addonmanager
+import mitmproxy.log
+import mitmproxy.proxy.layers
+import mitmproxy.proxy.server_hooks
 from mitmproxy import exceptions
 from mitmproxy import hooks
 
 logger = logging.getLogger(__name__)
 
+# The modules above define the hook classes; each registers its name in hooks.all_hooks on import.
+HOOK_MODULES = (mitmproxy.addonmanager, mitmproxy.log, mitmproxy.proxy.layers, mitmproxy.proxy.server_hooks)
 # mitmproxy calls these from synchronous code; every other hook may be a coroutine.
 SYNC_HOOKS = frozenset({"load", "configure"})
 PASSED_ON = (exceptions.AddonHalt, exceptions.OptionsError)  # what mitmproxy's safecall lets through

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,8 @@ from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 
 from addons.relay_chain import RelayChain
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Calls:
@@ -92,6 +96,21 @@ def test_a_hook_replaced_after_loading_takes_effect(monkeypatch: pytest.MonkeyPa
     with taddons.context(chain) as tctx:
         asyncio.run(tctx.master.addons.handle_lifecycle(HttpRequestHook(tflow.tflow())))
     assert calls.seen[-1] == "replaced.request"
+
+
+def test_every_hook_is_known_even_when_the_chain_is_imported_first() -> None:
+    """Hook names register as mitmproxy's modules load; the chain must not depend on import order."""
+    probe = (
+        "from addons.relay_chain import RelayChain\n"
+        "class Every:\n"
+        "    def requestheaders(self, flow): pass\n"
+        "    def client_connected(self, client): pass\n"
+        "    def running(self): pass\n"
+        "chain = RelayChain([Every()])\n"
+        "print(all(callable(getattr(chain, n, None)) for n in ('requestheaders', 'client_connected', 'running')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip() == "True"
 
 
 def environ_of(pid: int) -> dict[str, str]:
