@@ -5,7 +5,9 @@ chain entry, whether or not the entry has a hook for it; with the relay's dozen 
 entries that was about 10% of the relay's CPU per request (docs/profile.md). Here one entry calls
 only the addons that have the hook, in order. As with separate entries, an addon whose hook raises
 is logged and the others still run: a failed metric never costs a request its usage record.
-Hooks are looked up when they run, so a replaced method takes effect (the fault-injection tests).
+Which addons have which hook is fixed when the chain is built; the methods themselves are looked
+up when they run, so a replaced one takes effect (the fault-injection tests). The addons are not
+mitmproxy's children (`addons.get(name)` does not find them): nothing looks them up by name.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 # The modules above define the hook classes; each registers its name in hooks.all_hooks on import.
 HOOK_MODULES = (mitmproxy.addonmanager, mitmproxy.log, mitmproxy.proxy.layers, mitmproxy.proxy.server_hooks)
-# mitmproxy calls these from synchronous code; every other hook may be a coroutine.
-SYNC_HOOKS = frozenset({"load", "configure"})
 PASSED_ON = (exceptions.AddonHalt, exceptions.OptionsError)  # what mitmproxy's safecall lets through
 
 
@@ -38,14 +38,22 @@ class RelayChain:
         for name in hooks.all_hooks:
             holders = [addon for addon in self._addons if callable(getattr(addon, name, None))]
             if holders:
-                setattr(self, name, self._sync(name, holders) if name in SYNC_HOOKS else self._async(name, holders))
+                # Sync unless an addon's hook is a coroutine: mitmproxy calls some hooks (load, configure,
+                # update, done on removal) from synchronous code and refuses a coroutine function there.
+                is_async = any(inspect.iscoroutinefunction(getattr(addon, name)) for addon in holders)
+                setattr(self, name, self._async(name, holders) if is_async else self._sync(name, holders))
 
     @staticmethod
     def _sync(name: str, holders: list[Any]) -> Callable[..., None]:
         def dispatch(*args: Any) -> None:
             for addon in holders:
                 try:
-                    getattr(addon, name)(*args)
+                    result = getattr(addon, name)(*args)
+                    if inspect.isawaitable(result):
+                        close = getattr(result, "close", None)
+                        if close is not None:
+                            close()
+                        raise TypeError(f"a coroutine where mitmproxy needs {name} to be synchronous")
                 except PASSED_ON:
                     raise
                 except Exception:

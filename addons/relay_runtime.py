@@ -57,8 +57,8 @@ class RelayRuntime:
             return
         self.current().start_background()
         if ctx.master.addons.get("failclosedgate") is None:
-            # Appended now, after every other addon, as its own chain entry: under `mitmdump -s` a
-            # script's addons share one entry, and a hook that raises skips the rest of that entry.
+            # Appended now, after every other addon, as its own chain entry: whatever failed before it
+            # (a hook that raised, another script's addon, a router that never ran), no unrouted flow leaves.
             ctx.master.addons.add(FailClosedGate())
         server = ctx.master.addons.get("proxyserver")
         for host, port, *_ in server.listen_addrs() if server else []:

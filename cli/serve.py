@@ -15,6 +15,7 @@ import resource
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 from mitmproxy import options
@@ -57,13 +58,19 @@ async def run_proxy(runtime: Runtime) -> None:
 def run_optimized() -> None:
     """Run this command again under `python -O` unless PYTHONOPTIMIZE is set (`PYTHONOPTIMIZE=0` opts out).
 
-    With `__debug__` on, mitmproxy type-checks every HTTP message it builds: about a tenth of the
-    relay's CPU per request (docs/profile.md). The relay's own asserts only narrow types. Workers
-    inherit the variable; the process keeps its pid.
+    With `__debug__` on, mitmproxy type-checks every HTTP message and proxy event it handles: about a
+    tenth of the relay's CPU per request (docs/profile.md). The relay's own asserts only narrow types.
+    The process keeps its pid and, started as `relay`, its name; workers inherit the variable. Only a
+    process started to run the CLI is replaced, never one that calls `serve` in-process.
     """
-    if "PYTHONOPTIMIZE" in os.environ or sys.flags.optimize:
+    if os.environ.get("PYTHONOPTIMIZE") or sys.flags.optimize:
         return
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "PYTHONOPTIMIZE": "1"})
+    environment = {**os.environ, "PYTHONOPTIMIZE": "1"}
+    started_as = Path(sys.argv[0])
+    if started_as.name == "relay" and started_as.is_file():  # the console script: its shebang runs Python
+        os.execve(started_as, sys.argv, environment)
+    if started_as.resolve() == Path(__file__).with_name("main.py").resolve():  # python -m cli.main
+        os.execve(sys.executable, [sys.executable, "-O", *sys.orig_argv[1:]], environment)
 
 
 def configure_logging() -> None:
@@ -71,10 +78,11 @@ def configure_logging() -> None:
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no line per connection
     # The line per request goes straight to stderr: through the root logger mitmproxy would also turn
     # each into a deprecated `add_log` event, a cross-thread loop wake-up and a hook call per addon.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     request_log = logging.getLogger(REQUEST_LOGGER)
-    request_log.addHandler(handler)
+    if not request_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        request_log.addHandler(handler)
     request_log.propagate = False
 
 

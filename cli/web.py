@@ -20,6 +20,7 @@ from addons.bundle import relay_chain
 from addons.web_redaction import WebRedaction
 from cli.context import open_runtime
 from cli.serve import DEAD_END_TARGET
+from cli.serve import LOG_FORMAT
 from cli.serve import loop_factory
 from cli.serve import raise_open_files_limit
 from relay_core.runtime import Runtime
@@ -55,7 +56,7 @@ async def run_web(runtime: Runtime) -> None:
 @click.option("--web-listen", default=None, help="UI host:port (default: RELAY_WEB_LISTEN or 127.0.0.1:8081)")
 def web(listen: str | None, web_listen: str | None) -> None:
     """Run the relay under mitmweb to debug live traffic (redacted, bounded)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no line per connection
     logging.getLogger("mitmproxy.tools.web.master").setLevel(logging.INFO)  # "Web server listening at <login URL>"
     overrides = {"listen": listen, "web_listen": web_listen}

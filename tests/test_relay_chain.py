@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 
 from addons.relay_chain import RelayChain
+from cli.serve import run_optimized
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,6 +84,8 @@ def test_it_is_one_chain_entry_whose_addons_get_options_and_configuration_errors
         assert chain in tctx.master.addons.chain
         assert counting not in tctx.master.addons.chain  # not a child either: its hooks run once, through the chain
         assert not hasattr(chain, "addons")
+        assert not inspect.iscoroutinefunction(chain.load)  # mitmproxy calls load and configure synchronously
+        assert inspect.iscoroutinefunction(chain.response)  # one of its addons' hooks is a coroutine
         tctx.configure(chain, counting_level=3)
         assert tctx.options.counting_level == 3
         with pytest.raises(exceptions.OptionsError, match="must not be negative"):
@@ -121,5 +126,18 @@ def environ_of(pid: int) -> dict[str, str]:
 def test_serve_runs_optimized_unless_pythonoptimize_is_set(start_relay) -> None:
     optimized = start_relay()
     assert environ_of(optimized.pid)["PYTHONOPTIMIZE"] == "1"  # the same pid, now under -O
+    assert Path(f"/proc/{optimized.pid}/comm").read_text().strip() == "relay"  # still `relay` to ps and pkill
     opted_out = start_relay(PYTHONOPTIMIZE="0")
     assert environ_of(opted_out.pid)["PYTHONOPTIMIZE"] == "0"
+
+
+def test_serve_called_in_process_never_replaces_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    replaced: list[object] = []
+    monkeypatch.delenv("PYTHONOPTIMIZE", raising=False)
+    monkeypatch.setattr(os, "execve", lambda *args: replaced.append(args))
+    run_optimized()  # this process is pytest, not the relay CLI
+    assert replaced == []
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "cli" / "main.py"), "serve"])
+    run_optimized()
+    assert replaced and replaced[0][1][:2] == [sys.executable, "-O"]
+    assert replaced[0][2]["PYTHONOPTIMIZE"] == "1"
