@@ -22,8 +22,8 @@ event log either.
 Memory is bounded: a copy keeps at most `relay_web_max_body_bytes` of each body (head and tail; the
 middle of a long prompt goes) and the view at most `relay_web_max_flows` flows, the oldest evicted.
 Streamed (SSE) bodies are never stored by mitmproxy. Intercepting is refused (an intercepted live
-flow could not be resumed from its copy) and so is replaying a copy (it would put an account's
-credential into a flow the view holds).
+flow could not be resumed from its copy) and so is replaying a copy (ReplayRefusal, ahead of the
+relay's addons: it would put an account's credential into a flow the view holds).
 
 Under mitmdump or `relay serve` there is no view and the addon does nothing.
 """
@@ -40,9 +40,7 @@ from mitmproxy import http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.addons.view import View
 
-from addons.common import refuse
 from addons.common import state_of
-from relay_core.errors import RelayError
 from relay_core.flow_state import METADATA_KEY
 
 logger = logging.getLogger(__name__)
@@ -57,7 +55,6 @@ _AUTH_SCHEME = re.compile(rb"\s*(?:bearer|basic|digest)\s+", re.IGNORECASE)
 _TOKEN_FIELDS = (b"access_token", b"refresh_token", b"id_token", b"code_verifier", b"client_secret")
 _TOKEN_ENDPOINT_FIELDS = (*_TOKEN_FIELDS, b"code")  # "code" is too common a JSON key to mask in every body
 _QUERY_FIELDS = (*_TOKEN_ENDPOINT_FIELDS, b"api_key", b"key", b"token")
-_REPLAY_REFUSED = RelayError(403, "permission_error", "relay web does not replay flows: its flows are redacted copies")
 
 
 def _field_masks(names: tuple[bytes, ...]) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
@@ -148,9 +145,7 @@ class WebRedaction:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if self._view is None:
             return
-        if flow.is_replay == "request":
-            if not flow.response:
-                refuse(flow, _REPLAY_REFUSED)
+        if flow.is_replay == "request":  # refused by ReplayRefusal; its copy is already in the view
             return
         self._show(flow, request_final=False, ended=False)
 

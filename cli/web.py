@@ -1,8 +1,8 @@
 """`relay web`: the relay under mitmweb, for admins to watch live traffic while debugging.
 
 The same listener, addon chain and dead-end reverse target as `relay serve`, inside mitmweb's master
-(its built-in addons and web UI) with WebRedaction last, so the UI only ever holds redacted copies
-of the flows, and only so many. mitmweb runs about thirty built-in addons: slower than `relay
+(its built-in addons and web UI) with ReplayRefusal first and WebRedaction last, so the UI only ever
+holds redacted copies of the flows, and only so many. mitmweb runs about thirty built-in addons: slower than `relay
 serve`, and not meant for production traffic.
 """
 
@@ -17,6 +17,7 @@ from mitmproxy import options
 from mitmproxy.tools.web.master import WebMaster
 
 from addons.bundle import relay_chain
+from addons.replay_refusal import ReplayRefusal
 from addons.web_redaction import WebRedaction
 from cli.context import open_runtime
 from cli.serve import DEAD_END_TARGET
@@ -29,7 +30,7 @@ from relay_core.runtime import Runtime
 async def run_web(runtime: Runtime) -> None:
     settings = runtime.settings
     master = WebMaster(options.Options(), with_termlog=False)
-    master.addons.add(relay_chain(runtime), WebRedaction())
+    master.addons.add(ReplayRefusal(), relay_chain(runtime), WebRedaction())
     confdir = settings.data_dir / "mitmproxy"
     confdir.mkdir(parents=True, exist_ok=True)
     web_host, _, web_port = settings.web_listen.rpartition(":")

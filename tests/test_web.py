@@ -28,6 +28,7 @@ import pytest
 from tornado import httpclient
 from tornado import websocket
 
+from relay_core.models import LimitWindow
 from tests.support.admin import Admin
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.fake_upstream import Reply
@@ -263,12 +264,14 @@ def test_web_ui_cannot_intercept_nor_replay(
     """Both would need the live flow or put an account credential into a kept copy; mitmweb refuses them."""
     relay, ui = start_web(password=token())
     key, api_key = admin.create_key("carol"), token("sk-ant-api03-")
+    # One request a minute: a replay that reached admission would get 429 there, and count.
+    admin.update_key("carol", lambda k: k.limits.windows.append(LimitWindow(seconds=60, requests=1)))
     admin.add_account("team-api", api_key, kind="console")
     sdk(relay, key, "x-api-key").messages.create(model=MODEL, max_tokens=50, messages=MESSAGES)
     (flow,) = ui.flows()
 
     assert ui.send("PUT", "/options", {"intercept": "~q"}) == 400
-    # An admin pastes a valid team key into the kept copy and replays it: the relay refuses before routing.
+    # An admin pastes a valid team key into the kept copy and replays it: refused before admission.
     headers = [[name, key if name.lower() == "x-api-key" else value] for name, value in flow["request"]["headers"]]
     assert ui.send("PUT", f"/flows/{flow['id']}", {"request": {"headers": headers}}) == 200
     assert ui.send("POST", f"/flows/{flow['id']}/replay") == 200
