@@ -1,9 +1,9 @@
 """`relay web`: the relay under mitmweb, for admins to watch live traffic while debugging.
 
 The same listener, addon chain and dead-end reverse target as `relay serve`, inside mitmweb's master
-(its built-in addons and web UI) with ReplayRefusal first and WebRedaction last, so the UI only ever
-holds redacted copies of the flows, and only so many. mitmweb runs about thirty built-in addons: slower than `relay
-serve`, and not meant for production traffic.
+(its built-in addons and web UI) with ReplayRefusal first and WebRedaction last, so the UI only
+ever holds redacted copies of the flows, and only so many. mitmweb runs about thirty built-in
+addons: slower than `relay serve`, and not meant for production traffic.
 """
 
 from __future__ import annotations
