@@ -49,10 +49,8 @@ class RelayChain:
             for addon in holders:
                 try:
                     result = getattr(addon, name)(*args)
-                    if inspect.isawaitable(result):
-                        close = getattr(result, "close", None)
-                        if close is not None:
-                            close()
+                    if inspect.iscoroutine(result):  # a method replaced after the chain was built
+                        result.close()
                         raise TypeError(f"a coroutine where mitmproxy needs {name} to be synchronous")
                 except PASSED_ON:
                     raise
