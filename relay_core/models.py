@@ -59,6 +59,9 @@ class TeamKey(BaseModel):
     account_id: str | None = Field(None, description="bound to this one account")
     group: str | None = Field(None, description="bound to the accounts of this group")
     limits: KeyLimits = Field(default_factory=KeyLimits)
+    allow_other_clients: bool = Field(
+        False, description="may use subscription accounts from clients that are not Claude Code (the owner pays)"
+    )
     created_at: float = Field(default_factory=time.time)
 
 
@@ -85,6 +88,15 @@ class Account(BaseModel):
     organization: str | None = None
     scopes: list[str] = Field(default_factory=list)
     refreshed_at: float | None = Field(None, description="when the access token was last refreshed")
+    signin_ends_at: float | None = Field(
+        None, description="fixed end of the OAuth sign-in (refresh_token_expires_in); refreshing does not move it"
+    )
+    allow_extra_usage: bool = Field(
+        False, description="keep serving while the subscription bills extra usage (default: plan limits only)"
+    )
+    allow_other_clients: bool = Field(
+        False, description="serve clients that are not Claude Code on this subscription (billed as extra usage)"
+    )
     created_at: float = Field(default_factory=time.time)
 
     def is_expired(self, now: float) -> bool:
@@ -96,6 +108,10 @@ class Account(BaseModel):
 
     def due_refresh(self, now: float, margin_s: float) -> bool:
         return self.refreshable and self.expires_at is not None and self.expires_at - margin_s <= now
+
+    def serves_client(self, key: TeamKey, claude_code: bool) -> bool:
+        """Subscriptions serve Claude Code; other clients only where an admin allowed it, knowingly."""
+        return claude_code or self.kind is not AccountKind.OAUTH or self.allow_other_clients or key.allow_other_clients
 
     def queues_human_turns(self, globally_enabled: bool) -> bool:
         """The rate lock applies to subscription accounts unless the account says otherwise."""

@@ -41,6 +41,12 @@ def normalise_model(model: str) -> str:
     return model.removesuffix("[1m]").strip()
 
 
+def price_known(model: str, overrides: dict[str, dict[str, float]]) -> bool:
+    """Whether the relay can price this model: a request it cannot price must not count as free."""
+    model = normalise_model(model)
+    return model in overrides or _model_info(model) is not None
+
+
 def price_usd(model: str, usage: TokenUsage, overrides: dict[str, dict[str, float]]) -> Decimal | None:
     """Cost in USD, or None when the model is unknown to both genai-prices and the overrides."""
     model = normalise_model(model)

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     oauth: OAuthConfig = Field(
         default_factory=OAuthConfig, description="subscription OAuth endpoints (RELAY_OAUTH__TOKEN_URL, ...)"
     )
+    signin_warning_days: int = Field(
+        14, ge=0, description="warn (log, doctor) this many days before an account's OAuth sign-in ends"
+    )
+    overage_cooldown_s: int = Field(
+        3600, ge=1, description="rest for an account found spending extra usage when its answer names no reset"
+    )
     refresh_margin_s: int = Field(300, ge=0, description="refresh an access token this long before it expires")
     refresh_interval_s: int = Field(60, ge=1, description="how often each relay looks for tokens due a refresh")
     refresh_lock_ttl_s: int = Field(30, ge=1, description="a refresh whose relay died frees its lock after this")
