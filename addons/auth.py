@@ -10,10 +10,10 @@ from mitmproxy import http
 from addons.common import fail_closed
 from addons.common import pending_state
 from addons.relay_runtime import RelayRuntime
+from relay_core.clients import claude_code_headers
 from relay_core.errors import RelayError
 from relay_core.errors import store_unavailable
 from relay_core.errors import unauthenticated
-from relay_core.limits import is_claude_code
 from relay_core.limits import periods
 from relay_core.limits import refusal_error
 from relay_core.sessions import session_from_headers
@@ -58,7 +58,7 @@ class Auth:
                 runtime.settings.lease_ttl_ms,
                 state.session,
                 now_periods,
-                is_claude_code(flow.request.headers.get("user-agent", ""), flow.request.headers.get("x-app")),
+                claude_code_headers(flow.request.headers),
             )
         except StoreError as exc:
             logger.error("store unavailable during admission: %s", exc)

@@ -52,6 +52,7 @@ class Failover:
             response.content if state.meter is None else None,
             state.account.kind,
             runtime.settings.health_rules,
+            allow_extra_usage=state.account.allow_extra_usage,
         )
         if not state.outcome.failover:
             return
@@ -113,7 +114,15 @@ class Failover:
         )
         health[state.account.id] = failed
         try:
-            choose_account(state.accounts, health, state.key, state.request_model, now, exclude={state.account.id})
+            choose_account(
+                state.accounts,
+                health,
+                state.key,
+                state.request_model,
+                now,
+                exclude={state.account.id},
+                claude_code=state.claude_code,
+            )
         except RelayError as exhausted:
             return exhausted
         return retry_now(

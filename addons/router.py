@@ -15,10 +15,13 @@ from mitmproxy.connection import Server
 from addons.common import fail_closed
 from addons.common import pending_state
 from addons.relay_runtime import RelayRuntime
+from relay_core.clients import is_claude_code
 from relay_core.crypto import DecryptError
 from relay_core.flow_state import FlowState
 from relay_core.health import AccountState
 from relay_core.limits import check_model
+from relay_core.limits import check_priced
+from relay_core.limits import claude_code_only_refused
 from relay_core.models import Account
 from relay_core.request_body import parse_message_request
 from relay_core.routes import Route
@@ -54,6 +57,7 @@ class Router:
                 sticky=state.sticky,
                 exclude=unusable,
                 warning_utilization=settings.warning_utilization,
+                claude_code=state.claude_code,
             )
             try:
                 account = await runtime.refresher.usable(account)
@@ -94,13 +98,20 @@ class Router:
             return
         runtime = self.shared.current()
         settings = runtime.settings
+        body = None
         if state.route in (Route.MESSAGES, Route.COUNT_TOKENS):
             state.message = parse_message_request(flow.request.raw_content or b"")
             check_model(state.key, state.message.model)
-            if state.session is None and state.route is Route.MESSAGES:
-                state.session = session_from_body(state.message.body)
-                if state.session is not None:
-                    state.sticky = await runtime.store.sticky_account(state.key.id, state.session)
+            check_priced(state.key, state.message.model, settings.price_overrides)
+            if state.route is Route.MESSAGES:  # Claude Code's token counts carry no system prompt or metadata
+                body = state.message.body
+        state.claude_code = is_claude_code(flow.request.headers, body)
+        if state.key.limits.claude_code_only and not state.claude_code:
+            raise claude_code_only_refused(state.key)
+        if state.session is None and body is not None:
+            state.session = session_from_body(body)
+            if state.session is not None:
+                state.sticky = await runtime.store.sticky_account(state.key.id, state.session)
         account, secret = await self._account_and_secret(state, runtime)
 
         headers = flow.request.headers

@@ -34,6 +34,7 @@ def key_view(key: TeamKey) -> dict[str, Any]:
         "account": key.account_id,
         "group": key.group,
         "limits": limits_view(key.limits),
+        "allow_other_clients": key.allow_other_clients,
         "note": key.note,
         "created": _date(key.created_at),
     }
@@ -82,6 +83,12 @@ def limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--deny-models", default=None, help="comma-separated globs, e.g. 'claude-opus-*'"),
         click.option("--claude-code-only/--any-client", default=None, help="accept only Claude Code's requests"),
+        click.option(
+            "--allow-other-clients/--no-allow-other-clients",
+            default=None,
+            help="let clients that are not Claude Code use subscription accounts (Anthropic bills them to the "
+            "subscription's extra usage or refuses them); by default they go to API-key accounts only",
+        ),
         click.option("--expires", type=click.DateTime(["%Y-%m-%d"]), default=None, help="last day (UTC) it works"),
         click.option("--expires-after-days", type=click.IntRange(min=0), default=None, help="days after first use"),
         click.option("--account", "account_name", default=None, help="bind to one account"),
@@ -116,6 +123,8 @@ async def apply_limits(runtime: Runtime, key: TeamKey, options: dict[str, Any]) 
         limits.models_deny = _patterns(options["deny_models"])
     if options["claude_code_only"] is not None:
         limits.claude_code_only = options["claude_code_only"]
+    if options["allow_other_clients"] is not None:
+        key.allow_other_clients = options["allow_other_clients"]
     if options["expires"] is not None:
         limits.expires_at = options["expires"].replace(tzinfo=dt.UTC).timestamp() + 86400
     if options["expires_after_days"] is not None:

@@ -33,6 +33,7 @@ class FlowState:
     sticky: str | None = None  # the account the session was bound to
     account: Account | None = None
     message: MessageRequest | None = None
+    claude_code: bool = True  # the request shows Claude Code's signals (relay_core.clients)
     routed: bool = False
     refused: bool = False  # the relay answered itself: nothing upstream to record
     lease: str | None = None  # the key's lease set, while this request holds a concurrency lease

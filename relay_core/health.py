@@ -24,6 +24,7 @@ UNIFIED = "anthropic-ratelimit-unified-"
 CLAIM_FAMILY = {"seven_day_opus": "opus", "seven_day_sonnet": "sonnet"}
 NOT_QUOTA_MARKERS = ("extra usage", "usage credits", "long context")
 BAN_MARKERS = ("not allowed for this organization", "organization has been disabled")
+THIRD_PARTY_MARKER = "third-party apps"  # 400 "Third-party apps now draw from your extra usage, not your plan limits"
 SNAPSHOT_HEADERS = {
     "status": "rl_status",
     "reset": "rl_reset",
@@ -32,6 +33,8 @@ SNAPSHOT_HEADERS = {
     "5h-reset": "rl_5h_reset",
     "7d-utilization": "rl_7d_utilization",
     "7d-reset": "rl_7d_reset",
+    "overage-status": "rl_overage_status",
+    "overage-in-use": "rl_overage_in_use",
 }
 
 
@@ -103,6 +106,7 @@ class Outcome:
     reason: str = ""
     count_failure: bool = False  # a 5xx: part of a streak that cools the account at the threshold
     failover: bool = False  # the request would succeed on another account: have the client retry
+    third_party: bool = False  # Anthropic refused the request as not from Claude Code (a 400, passed through)
     rate_limits: dict[str, str] = field(default_factory=dict)
 
 
@@ -113,6 +117,7 @@ class HealthRules:
     failure_cooldown_s: int = 60
     api_key_429_cooldown_s: int = 60
     max_cooldown_s: int = 7 * 86400
+    overage_cooldown_s: int = 3600
 
 
 def account_state(account: Account, health: AccountHealth, now: float) -> str:
@@ -141,6 +146,19 @@ def error_message(body: bytes | None) -> str:
         return (body or b"")[:200].decode(errors="replace")
 
 
+def spending_extra_usage(headers: Mapping[str, str]) -> bool:
+    """The answer was billed to the subscription's extra usage (overage), not to its plan limits.
+
+    The semantics are undocumented (Claude Code v2.1.332 reads these headers): `overage-in-use` says so
+    when present; otherwise a plan that is `rejected` while overage is allowed means overage paid."""
+    in_use = headers.get(UNIFIED + "overage-in-use")
+    if in_use is not None:
+        return in_use.strip().lower() in ("true", "1")
+    return headers.get(UNIFIED + "status") == "rejected" and headers.get(UNIFIED + "overage-status", "").startswith(
+        "allowed"
+    )
+
+
 def judge(
     status: int,
     headers: Mapping[str, str],
@@ -148,16 +166,23 @@ def judge(
     kind: AccountKind,
     rules: HealthRules,
     now: float | None = None,
+    *,
+    allow_extra_usage: bool = False,
 ) -> Outcome:
     """The account-health consequence of one upstream response. The family a cooldown concerns comes
     from the binding window the headers name, not from the request's model."""
     now = time.time() if now is None else now
     outcome = Outcome(status=status, rate_limits=rate_limit_snapshot(headers))
+    if kind is AccountKind.OAUTH and not allow_extra_usage and spending_extra_usage(headers):
+        _rest_until_plan_resets(outcome, headers, rules, now)
     if status < 400:
         return outcome
     message = error_message(body)
     lowered = message.lower()
     outcome.reason = f"{status}: {message}"[:300]
+    if status == 400 and THIRD_PARTY_MARKER in lowered:
+        outcome.third_party = True
+        return outcome
     if status == 429:
         if any(marker in lowered for marker in NOT_QUOTA_MARKERS):
             return outcome  # a property of the request, not of the account
@@ -184,6 +209,16 @@ def judge(
     elif status >= 500:
         outcome.count_failure = True
     return outcome
+
+
+def _rest_until_plan_resets(outcome: Outcome, headers: Mapping[str, str], rules: HealthRules, now: float) -> None:
+    """Plan limits only: an account spending extra usage leaves the pool until its binding window resets."""
+    reset = _float(headers.get(UNIFIED + "reset"))
+    if reset is None or reset <= now:
+        reset = now + rules.overage_cooldown_s
+    outcome.cool_family = CLAIM_FAMILY.get(headers.get(UNIFIED + "representative-claim", ""), ALL_MODELS)
+    outcome.cool_until = min(reset, now + rules.max_cooldown_s)
+    outcome.reason = "spending extra usage (overage) until its plan limits reset; `--allow-extra-usage` keeps it in"
 
 
 def _float(value: str | None) -> float | None:

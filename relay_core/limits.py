@@ -18,10 +18,9 @@ from zoneinfo import ZoneInfo
 
 from relay_core.errors import RelayError
 from relay_core.models import TeamKey
+from relay_core.pricing import price_known
 
 NANOS_PER_USD = 1_000_000_000
-CLAUDE_CODE_AGENT = "claude-cli/"
-CLAUDE_CODE_APPS = ("cli", "cli-bg")
 
 
 @dataclass(frozen=True)
@@ -70,13 +69,7 @@ def refusal_error(key: TeamKey, refusal: list[str], now_periods: Mapping[str, Pe
     """The admission script's refusal, as the answer a client handles and a person understands."""
     kind = refusal[0]
     if kind == "client":
-        return RelayError(
-            403,
-            "permission_error",
-            f"Team key {key.name!r} may only be used from Claude Code. Use it "
-            "there, or ask your relay admin for a key without this restriction.",
-            should_retry=False,
-        )
+        return claude_code_only_refused(key)
     if kind == "expired":
         return RelayError(
             401,
@@ -108,9 +101,28 @@ def refusal_error(key: TeamKey, refusal: list[str], now_periods: Mapping[str, Pe
     )
 
 
-def is_claude_code(user_agent: str, app: str | None) -> bool:
-    """What `claude_code_only` admits: Claude Code's user agent, and its x-app when it sends one."""
-    return user_agent.startswith(CLAUDE_CODE_AGENT) and (app is None or app in CLAUDE_CODE_APPS)
+def claude_code_only_refused(key: TeamKey) -> RelayError:
+    return RelayError(
+        403,
+        "permission_error",
+        f"Team key {key.name!r} may only be used from Claude Code. Use it "
+        "there, or ask your relay admin for a key without this restriction.",
+        should_retry=False,
+    )
+
+
+def check_priced(key: TeamKey, model: str, overrides: dict[str, dict[str, float]]) -> None:
+    """A key with a budget may not use a model the relay cannot price: it would be counted as free."""
+    if not key.limits.budgets_nanousd or price_known(model, overrides):
+        return
+    raise RelayError(
+        403,
+        "permission_error",
+        f"The relay has no price for model {model!r}, and team key {key.name!r} has a budget, so the request "
+        "cannot be counted against it. Pick another model, or ask your relay admin to price this one under "
+        "`price_overrides` in the relay's settings.",
+        should_retry=False,
+    )
 
 
 def check_model(key: TeamKey, model: str) -> None:

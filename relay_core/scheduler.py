@@ -1,7 +1,8 @@
 """Which upstream account serves a request.
 
-Candidates are the key's bound account or group (else every account), minus those disabled,
-expired, unauthorized, blocked or cooling for the requested model family. A conversation stays on
+Candidates are the key's bound account or group (else every account), minus subscriptions for a
+client that is not Claude Code (unless allowed), and minus those disabled, expired, unauthorized,
+blocked or cooling for the requested model family. A conversation stays on
 its account while that account can serve it. Otherwise: the highest priority wins; within it,
 accounts near a subscription limit are a last resort, and the rest share new sessions by weight.
 """
@@ -15,6 +16,7 @@ from collections.abc import Collection
 from collections.abc import Mapping
 from collections.abc import Sequence
 
+from relay_core.clients import other_client_refused
 from relay_core.errors import RelayError
 from relay_core.health import AccountHealth
 from relay_core.health import model_family
@@ -48,9 +50,15 @@ def choose_account(
     sticky: str | None = None,
     exclude: Collection[str] = (),
     warning_utilization: float = 0.9,
+    claude_code: bool = True,
     rng: random.Random | None = None,
 ) -> Account:
     pool = key_pool(accounts, key)
+    if not claude_code:
+        allowed = [a for a in pool if a.serves_client(key, claude_code)]
+        if pool and not allowed:
+            raise other_client_refused(key.name)
+        pool = allowed
     family = model_family(model)
     usable = [a for a in pool if a.id not in exclude and serves(a, health.get(a.id, HEALTHY), family, now)]
     if not usable:

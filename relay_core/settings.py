@@ -144,6 +144,7 @@ class Settings(BaseSettings):
             failure_cooldown_s=self.failure_cooldown_s,
             api_key_429_cooldown_s=self.api_key_429_cooldown_s,
             max_cooldown_s=self.max_cooldown_s,
+            overage_cooldown_s=self.overage_cooldown_s,
         )
 
     @property

@@ -31,13 +31,17 @@ from tests.support.relay_process import RelayProcess
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 OPUS = "claude-opus-4-8"
-CLAUDE_CODE = {"user-agent": "claude-cli/2.1.280 (external, cli)", "x-app": "cli"}
+CLAUDE_CODE = {"user-agent": "claude-cli/2.1.332 (external, cli)", "x-app": "cli"}
+CLAUDE_CODE_SYSTEM = [
+    {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.332.9ea; cc_entrypoint=cli;"},
+    {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude."},
+]
 
 
 def post(
-    relay: RelayProcess, key: str, model: str = OPUS, headers: dict[str, str] | None = None
+    relay: RelayProcess, key: str, model: str = OPUS, headers: dict[str, str] | None = None, **fields: object
 ) -> tuple[int, dict, dict]:
-    body = json.dumps({"model": model, "max_tokens": 5, "messages": MESSAGES}).encode()
+    body = json.dumps({"model": model, "max_tokens": 5, "messages": MESSAGES, **fields}).encode()
     request = urllib.request.Request(
         relay.url + "/v1/messages",
         data=body,
@@ -149,10 +153,13 @@ def test_model_client_and_expiry_rules_refuse_with_their_errors(
     status, _, body = post(relay, key, model="claude-sonnet-4-6", headers={"user-agent": "python-requests/2"})
     assert (status, body["error"]["type"]) == (403, "permission_error")
     assert "only be used from Claude Code" in body["error"]["message"]
-    assert post(relay, key, model="claude-sonnet-4-6", headers=CLAUDE_CODE)[0] == 200
+    # Claude Code's user agent alone does not make a Claude Code request: its body shows it too.
+    status, _, body = post(relay, key, model="claude-sonnet-4-6", headers=CLAUDE_CODE)
+    assert (status, body["error"]["type"]) == (403, "permission_error")
+    assert post(relay, key, model="claude-sonnet-4-6", headers=CLAUDE_CODE, system=CLAUDE_CODE_SYSTEM)[0] == 200
 
     admin.update_key("team", lambda k: setattr(k.limits, "expires_at", time.time() - 1))
-    status, _, body = post(relay, key, model="claude-sonnet-4-6", headers=CLAUDE_CODE)
+    status, _, body = post(relay, key, model="claude-sonnet-4-6", headers=CLAUDE_CODE, system=CLAUDE_CODE_SYSTEM)
     assert (status, body["error"]["type"]) == (401, "authentication_error")
     assert "has expired" in body["error"]["message"]
     assert len(upstream.requests) == 2

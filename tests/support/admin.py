@@ -40,7 +40,11 @@ class Admin:
         return secret
 
     def add_account(self, name: str, secret: str, kind: str = "console", **fields: Any) -> Account:
+        """Subscription accounts serve the SDK clients these tests use (allow_other_clients) unless a test
+        that is about the client policy says otherwise."""
         account_id = new_id()
+        if kind == "oauth":
+            fields.setdefault("allow_other_clients", True)
         account = Account(
             id=account_id,
             name=name,
@@ -90,14 +94,30 @@ class Admin:
 
         return self._run(op)
 
-    def wait_for_requests(self, count: int, timeout: float = 5) -> list[dict[str, Any]]:
+    def wait_for_requests(self, count: int, timeout: float = 5, by: str = "key") -> list[dict[str, Any]]:
         """Usage is written in the background after the response; wait until `count` requests landed."""
         deadline = time.monotonic() + timeout
-        rows = self.usage()
+        rows = self.usage(by)
         while sum(r["requests"] for r in rows) < count and time.monotonic() < deadline:
             time.sleep(0.05)
-            rows = self.usage()
+            rows = self.usage(by)
         return rows
+
+    def update_account(self, name: str, change: Callable[[Account], None]) -> None:
+        async def op(rt: Runtime) -> None:
+            account = await rt.store.find_account(name)
+            assert account is not None
+            await rt.store.update_account(account.id, change)
+
+        self._run(op)
+
+    def reset_health_of(self, name: str) -> None:
+        async def op(rt: Runtime) -> None:
+            account = await rt.store.find_account(name)
+            assert account is not None
+            await rt.store.reset_health(account.id)
+
+        self._run(op)
 
     def flush(self) -> None:
         async def op(rt: Runtime) -> None:
