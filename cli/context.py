@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from relay_core.crypto import SecretError
 from relay_core.embedded_store import EmbeddedStoreError
@@ -15,6 +16,7 @@ from relay_core.runtime import Runtime
 from relay_core.runtime import SecretMismatchError
 from relay_core.runtime import load_settings
 from relay_core.settings import Settings
+from relay_core.settings import settings_error_text
 from relay_core.store import NameTakenError
 from relay_core.store import StoreError
 
@@ -24,6 +26,8 @@ def cli_settings(**overrides: Any) -> Settings:
     config = click.get_current_context().find_root().params.get("config")
     try:
         return load_settings(config, **overrides)
+    except ValidationError as exc:
+        raise click.ClickException(settings_error_text(exc)) from None
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -58,7 +58,7 @@ def price_usd(model: str, usage: TokenUsage, overrides: dict[str, dict[str, floa
         ) or Decimal(0)
     info = _model_info(model)
     if info is None:
-        logger.warning("no price known for model %r; add it to price_overrides", model)
+        _warn_unpriced(model)
         return None
     rates = _linear_rates(model, id(info.get_prices(dt.datetime.now(dt.UTC))))
     if rates is None:
@@ -70,6 +70,12 @@ def library_price_usd(model: str, usage: TokenUsage) -> Decimal:
     """genai-prices' own calculation (raises LookupError for an unknown model)."""
     extracted = extract_usage({"model": model, "usage": usage.as_api_usage()}, provider_id="anthropic")
     return extracted.calc_price().total_price
+
+
+@functools.lru_cache(maxsize=256)
+def _warn_unpriced(model: str) -> None:
+    """Once per model (while it stays among the recent ones), not once per request."""
+    logger.warning("no price known for model %r; add it to price_overrides", model)
 
 
 @functools.lru_cache(maxsize=256)

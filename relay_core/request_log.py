@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -37,7 +38,17 @@ def request_fields(state: FlowState, status: int, error: str | None) -> dict[str
     return fields
 
 
+# A text value is printed bare only when it cannot start another field or line; else JSON-quoted, which
+# escapes control characters (a model name with "\n" must not forge a request line) and non-ASCII.
+_BARE = re.compile(r"[A-Za-z0-9._:/@+\-\[\]]+")
+
+
 def format_line(fields: dict[str, Any], style: str) -> str:
     if style == "json":
         return json.dumps(fields, separators=(",", ":"))
-    return " ".join(f"{name}={value}" for name, value in fields.items() if value is not None)
+    return " ".join(f"{name}={_text_value(value)}" for name, value in fields.items() if value is not None)
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    return text if _BARE.fullmatch(text) else json.dumps(text)

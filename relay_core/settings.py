@@ -6,11 +6,19 @@ drift; config/relay.example.toml explains each one.
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfoNotFoundError
 
 from pydantic import AliasChoices
+from pydantic import BaseModel
 from pydantic import Field
+from pydantic import ValidationError
 from pydantic import field_validator
 from pydantic_settings import BaseSettings
 from pydantic_settings import PydanticBaseSettingsSource
@@ -45,11 +53,11 @@ class Settings(BaseSettings):
 
     anthropic_version: str = "2023-06-01"
     oauth_beta: str = "oauth-2025-04-20"
-    max_body_bytes: int = Field(32 * 1024 * 1024, description="largest request body accepted (413 above)")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     drain_timeout_s: int = Field(
         120, ge=0, description="on SIGTERM, how long running requests may take to finish before the relay exits"
     )
-    usage_retention_days: int = Field(400, description="usage buckets expire after this many days")
+    usage_retention_days: int = Field(400, ge=1, description="usage buckets expire after this many days")
     timezone: str = Field("UTC", description="time zone of usage days and limit windows")
     store_timeout_ms: int = Field(
         1000, description="longest wait for a store connection, and then for its answer, on the hot path"
@@ -88,7 +96,7 @@ class Settings(BaseSettings):
     api_key_429_cooldown_s: int = Field(60, ge=0, description="rest for an API key's 429 without retry-after")
     max_cooldown_s: int = Field(7 * 86400, ge=1, description="no cooldown lasts longer, whatever a header says")
     warning_utilization: float = Field(
-        0.9, ge=0, description="a subscription window this full (0-1) makes the account a last choice"
+        0.9, ge=0, le=1, description="a subscription window this full (0-1) makes the account a last choice"
     )
     oauth: OAuthConfig = Field(
         default_factory=OAuthConfig, description="subscription OAuth endpoints (RELAY_OAUTH__TOKEN_URL, ...)"
@@ -129,6 +137,15 @@ class Settings(BaseSettings):
             raise ValueError(f"listen must be host:port, got {value!r}")
         return value
 
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as UTC or Europe/Berlin") from None
+        return value
+
     @field_validator("upstream_url")
     @classmethod
     def _check_upstream(cls, value: str) -> str:
@@ -167,5 +184,35 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get(CONFIG_FILE_ENV)
         if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+            toml_source = TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file))
+            check_setting_names(toml_source.toml_data, config_file)
+            sources.append(toml_source)
         return tuple(sources)
+
+
+_TABLES: dict[str, type[BaseModel]] = {"oauth": OAuthConfig}  # nested settings whose keys are checked too
+
+
+def check_setting_names(data: Mapping[str, Any], where: str) -> None:
+    """A misspelt setting is an error, not a silent default (`metrics_tokn` would leave /metrics open)."""
+    for name, value in data.items():
+        if name not in Settings.model_fields:
+            raise ValueError(f"{where}: unknown setting {name!r}{_closest(name, Settings.model_fields)}")
+        table = _TABLES.get(name)
+        if table is not None and isinstance(value, Mapping):
+            for inner in value:
+                if inner not in table.model_fields:
+                    raise ValueError(f"{where}: unknown setting {name}.{inner!r}{_closest(inner, table.model_fields)}")
+
+
+def settings_error_text(exc: ValidationError) -> str:
+    """One line per bad setting, naming it, instead of pydantic's multi-line report."""
+    return "; ".join(
+        f"setting {'.'.join(str(part) for part in error['loc'])}: {error['msg'].removeprefix('Value error, ')}"
+        for error in exc.errors()
+    )
+
+
+def _closest(name: str, known: Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {match[0]!r}?" if match else ""
