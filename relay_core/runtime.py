@@ -13,6 +13,7 @@ from typing import Any
 from relay_core.crypto import Keyring
 from relay_core.crypto import load_or_create_secret
 from relay_core.embedded_store import ensure_embedded_store
+from relay_core.embedded_store import is_running
 from relay_core.leases import LeaseKeeper
 from relay_core.settings import CONFIG_FILE_ENV
 from relay_core.settings import Settings
@@ -21,6 +22,8 @@ from relay_core.token_refresh import TokenRefresher
 from relay_core.user_queue import UserMessageQueue
 
 logger = logging.getLogger(__name__)
+
+STORE_WATCH_INTERVAL_S = 1.0
 
 
 class SecretMismatchError(Exception):
@@ -53,6 +56,7 @@ class Runtime:
         self.draining = False  # set on SIGTERM: new requests are refused while running ones finish
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: asyncio.Task[None] | None = None
+        self._store_watch: asyncio.Task[None] | None = None
 
     async def check_secret(self) -> None:
         """Refuse a server secret other than the one the store's keys and tokens were made with."""
@@ -77,17 +81,35 @@ class Runtime:
 
     def start_background(self) -> None:
         """Work each relay process does on its own schedule (single-flight across processes)."""
-        self._background = asyncio.get_running_loop().create_task(self.refresher.run_forever())
+        loop = asyncio.get_running_loop()
+        self._background = loop.create_task(self.refresher.run_forever())
+        if not self.settings.redis_url:
+            self._store_watch = loop.create_task(self._watch_embedded_store())
+
+    async def _watch_embedded_store(self) -> None:
+        """The embedded store is this relay's to keep alive: when its server dies, start it again (the
+        start lock and the pid check keep relays sharing a data dir from starting two)."""
+        data_dir = self.settings.data_dir
+        while True:
+            await asyncio.sleep(STORE_WATCH_INTERVAL_S)
+            try:
+                if not await asyncio.to_thread(is_running, data_dir):
+                    logger.error("the embedded store stopped; starting it again")
+                    await asyncio.to_thread(ensure_embedded_store, data_dir)
+                    logger.warning("the embedded store is running again")
+            except Exception as exc:
+                logger.error("could not restart the embedded store: %s", exc)
 
     async def drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
-        if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
+        for task in (self._background, self._store_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.drain()
         await self.queue.close()
         await self.leases.close()
