@@ -29,9 +29,13 @@ from relay_core.upstream import target_of
 
 
 def _when(epoch: float | str | None) -> str | None:
+    """An epoch as UTC ISO time; a value that is no epoch (upstream headers are not ours) is shown as it came."""
     if epoch in (None, ""):
         return None
-    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).isoformat(timespec="seconds")
+    try:
+        return dt.datetime.fromtimestamp(float(epoch), dt.UTC).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return str(epoch)
 
 
 def account_view(account: Account, health: AccountHealth | None = None, requests_today: int = 0) -> dict[str, Any]:
@@ -62,7 +66,10 @@ def account_view(account: Account, health: AccountHealth | None = None, requests
         "expires_at": _when(account.expires_at),
         "refreshed_at": _when(account.refreshed_at),
         "refreshable": account.refreshable,
+        "signin_ends_at": _when(account.signin_ends_at),
         "user_message_queue": {None: "default", True: "on", False: "off"}[account.user_message_queue],
+        "allow_extra_usage": account.allow_extra_usage,
+        "allow_other_clients": account.allow_other_clients,
     }
 
 
@@ -78,6 +85,7 @@ LIST_COLUMNS = (
     "requests_today",
     "priority",
     "weight",
+    "signin_ends_at",
 )
 
 
@@ -268,6 +276,18 @@ def _set_enabled(name: str, enabled: bool) -> None:
     default=None,
     help="rate lock for human turns (default: on for OAuth accounts, per USER_MESSAGE_QUEUE_ENABLED)",
 )
+@click.option(
+    "--allow-extra-usage/--no-allow-extra-usage",
+    default=None,
+    help="keep using a subscription once it spends extra usage, which is billed to the subscription's owner "
+    "(default: no, it rests until its plan limits reset)",
+)
+@click.option(
+    "--allow-other-clients/--no-allow-other-clients",
+    default=None,
+    help="send clients that are not Claude Code to this subscription; since 2026-04 Anthropic bills them as "
+    "extra usage (to the owner) or refuses them (default: no)",
+)
 @format_option()
 def update(
     name: str,
@@ -277,12 +297,21 @@ def update(
     proxy: str | None,
     groups: str | None,
     queue: str | None,
+    allow_extra_usage: bool | None,
+    allow_other_clients: bool | None,
     fmt: str,
 ) -> None:
     """Change an account's settings (never its tokens, which a concurrent refresh may be replacing)."""
     check_urls(base_url or None, proxy or None)
 
+    subscription_only = allow_extra_usage is not None or allow_other_clients is not None
+
     def change(account: Account) -> None:
+        if subscription_only and account.kind is not AccountKind.OAUTH:
+            raise click.UsageError(
+                "--allow-extra-usage and --allow-other-clients concern subscription (OAuth) accounts; "
+                "an API-key account pays per token and serves every client"
+            )
         if priority is not None:
             account.priority = priority
         if weight is not None:
@@ -295,6 +324,10 @@ def update(
             account.groups = [g.strip() for g in groups.split(",") if g.strip()]
         if queue is not None:
             account.user_message_queue = {"on": True, "off": False, "default": None}[queue]
+        if allow_extra_usage is not None:
+            account.allow_extra_usage = allow_extra_usage
+        if allow_other_clients is not None:
+            account.allow_other_clients = allow_other_clients
 
     emit_record(_show(_change(name, change)), fmt)
 

@@ -19,7 +19,7 @@ from relay_core.diagnostics import Level
 from relay_core.diagnostics import Report
 from relay_core.diagnostics import diagnose
 
-ACCOUNT_COLUMNS = ("name", "kind", "state", "token_expires", "result", "detail")
+ACCOUNT_COLUMNS = ("name", "kind", "state", "token_expires", "signin_ends", "result", "detail")
 
 
 def _run(active: bool) -> Report:

@@ -10,6 +10,7 @@ import click
 
 from cli.accounts import _require
 from cli.accounts import _show
+from cli.accounts import _when
 from cli.accounts import accounts
 from cli.accounts import check_urls
 from cli.accounts import priority_option
@@ -111,6 +112,7 @@ async def _finish(runtime: Runtime, name: str, pasted: str) -> Account:
         email=tokens.account_email,
         organization=tokens.organization_name,
         scopes=tokens.scopes,
+        signin_ends_at=tokens.signin_ends_at,
     )
     await runtime.store.create_account(account)
     return account
@@ -139,19 +141,23 @@ def refresh(name: str, fmt: str) -> None:
 @click.option("--model", default="claude-haiku-4-5-20251001", show_default=True)
 @format_option()
 def test(name: str, model: str, fmt: str) -> None:
-    """Send one tiny real request through the account; show status, latency and its limit windows."""
+    """Send one tiny real request through the account; show status, latency and every limit header it answered."""
 
     async def op(runtime: Runtime) -> dict[str, Any]:
         account = await runtime.refresher.usable(await _require(runtime, name))
         result = await probe(account, runtime.keyring.open(account.sealed_secret, account.id), runtime.settings, model)
-        outcome = judge(result.status, result.headers, result.body, account.kind, runtime.settings.health_rules)
-        await runtime.store.record_completion(account.id, outcome, runtime.settings.health_rules)
+        rules = runtime.settings.health_rules
+        outcome = judge(
+            result.status, result.headers, result.body, account.kind, rules, allow_extra_usage=account.allow_extra_usage
+        )
+        await runtime.store.record_completion(account.id, outcome, rules)
+        limits = {field: _when(value) if field.endswith("reset") else value for field, value in result.limits().items()}
         return {
             "account": name,
             "status": result.status,
             "latency_ms": round(result.latency_ms, 1),
             "error": outcome.reason or None,
-            **{name.removeprefix("rl_"): value for name, value in outcome.rate_limits.items()},
+            **limits,
         }
 
     result = run(op)

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ from relay_core.models import AccountKind
 from relay_core.models import TeamKey
 from relay_core.oauth import OAuthError
 from relay_core.oauth import http_opener
+from relay_core.pricing import price_known
+from relay_core.reports import TOKEN_COLUMNS
 from relay_core.settings import CONFIG_FILE_ENV
 from relay_core.settings import Settings
 from relay_core.store import Store
@@ -57,6 +60,7 @@ MASK = "***"
 _SECRET_NAME = re.compile(r"(^|_)(secret(_key)?|password|passwd|token|credentials?|api_key)$", re.IGNORECASE)
 REACH_TIMEOUT_S = 5.0
 SOON_S = 7 * 86400  # a token without refresh that expires within this is worth a warning
+USAGE_LOOKBACK_DAYS = 30  # the prices check looks at the models of this many days of usage
 _LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 
@@ -64,6 +68,9 @@ class Level(StrEnum):
     OK = "ok"
     WARN = "warn"
     FAIL = "FAIL"
+
+
+_RANK = {Level.OK: 0, Level.WARN: 1, Level.FAIL: 2}
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,7 @@ class StoreFacts:
     accounts: list[Account] = field(default_factory=list)
     health: dict[str, AccountHealth] = field(default_factory=dict)
     keys: list[TeamKey] = field(default_factory=list)
+    models_used: set[str] = field(default_factory=set)  # models with tokens in the last USAGE_LOOKBACK_DAYS
 
 
 async def read_store(settings: Settings) -> StoreFacts:
@@ -162,6 +170,7 @@ async def read_store(settings: Settings) -> StoreFacts:
             accounts=accounts,
             health=await store.account_health([a.id for a in accounts]),
             keys=await store.list_keys(),
+            models_used=await _models_used(store),
         )
     except StoreError as exc:
         where = "RELAY_REDIS_URL" if settings.redis_url else f"the embedded Valkey in {settings.data_dir}"
@@ -171,6 +180,13 @@ async def read_store(settings: Settings) -> StoreFacts:
     finally:
         await store.close()
     return facts
+
+
+async def _models_used(store: Store) -> set[str]:
+    """Models that had tokens to price recently (30 daily hashes in one pipeline; requests without tokens cost 0)."""
+    today = dt.datetime.now(store.zone).date()
+    cells = await store.usage_cells(today - dt.timedelta(days=USAGE_LOOKBACK_DAYS - 1), today)
+    return {c.model for c in cells if c.metric in TOKEN_COLUMNS and c.value > 0}
 
 
 def load_secret(settings: Settings) -> tuple[str | None, str, str]:
@@ -234,9 +250,43 @@ def _opens(account: Account, keyring: Keyring) -> bool:
     return True
 
 
-def account_check(account: Account, health: AccountHealth, keyring: Keyring | None, now: float) -> Check:
+def account_check(
+    account: Account, health: AccountHealth, keyring: Keyring | None, now: float, signin_warning_s: float = 14 * 86400
+) -> Check:
     """The account's state as `accounts list` names it, how bad that is, and what to do about it.
     keyring is None when the secret is not known to match the store (then decryption proves nothing)."""
+    return _with_signin(_state_check(account, health, keyring, now), account, now, signin_warning_s)
+
+
+def _with_signin(verdict: Check, account: Account, now: float, warning_s: float) -> Check:
+    """The sign-in's fixed end weighs on top of the state: renewing never moves it, and past it every refresh fails."""
+    ends_at = account.signin_ends_at
+    if ends_at is None or account.kind is not AccountKind.OAUTH:
+        return verdict
+    name = account.name
+    again = f"sign it in again: `relay accounts delete {name}`, then `relay accounts add-oauth {name}`"
+    if ends_at <= now:
+        level, note = Level.FAIL, f"its sign-in ended at {_when(ends_at)}: its token can no longer be refreshed"
+    elif ends_at - now <= warning_s:
+        left = _left(ends_at - now)
+        level, note = Level.WARN, f"its sign-in ends at {_when(ends_at)} ({left}; renewing does not move it)"
+        again += " before then"
+    else:
+        return replace(verdict, detail=f"{verdict.detail}; sign-in ends at {_when(ends_at)}")
+    if not account.enabled:
+        level = Level.WARN  # out of rotation: it serves nothing, but will need a sign-in before it is enabled
+    if _RANK[level] < _RANK[verdict.level]:
+        return replace(verdict, detail=f"{verdict.detail}; {note}")
+    return Check(verdict.name, level, f"{verdict.detail}; {note}", again)
+
+
+def _left(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"in {seconds / 86400:.0f} days"
+    return f"in {seconds / 3600:.0f} hours" if seconds >= 3600 else "within the hour"
+
+
+def _state_check(account: Account, health: AccountHealth, keyring: Keyring | None, now: float) -> Check:
     name = account.name
     state = account_state(account, health, now)
     check = f"account {name}"
@@ -305,6 +355,7 @@ def account_row(account: Account, health: AccountHealth, check: Check, now: floa
         "kind": account.kind.value,
         "state": account_state(account, health, now),
         "token_expires": _when(account.expires_at) if account.expires_at else None,
+        "signin_ends": _when(account.signin_ends_at) if account.signin_ends_at else None,
         "refreshable": account.refreshable,
         "limited_until": _when(max(cooling)) if cooling else None,
         "last_error": health.reason or None,
@@ -324,6 +375,22 @@ def accounts_check(rows: list[dict[str, Any]]) -> Check:
             "accounts", Level.WARN, "every usable account is cooling down: requests get 429 until one frees up"
         )
     return Check("accounts", Level.OK, f"{len(rows)} account(s), {len(usable)} can serve requests")
+
+
+def prices_check(models: set[str], overrides: dict[str, dict[str, float]]) -> Check:
+    """Models used lately that neither genai-prices nor price_overrides can price: their cost goes uncounted."""
+    unknown = sorted(m for m in models if not price_known(m, overrides))
+    if not unknown:
+        return Check(
+            "prices", Level.OK, f"all {len(models)} model(s) used in the last {USAGE_LOOKBACK_DAYS} days have prices"
+        )
+    return Check(
+        "prices",
+        Level.WARN,
+        f"no price for {', '.join(unknown)} (used in the last {USAGE_LOOKBACK_DAYS} days): "
+        "their cost is missing from reports, metrics and budgets",
+        "add each to price_overrides (USD per million tokens, see config/relay.example.toml)",
+    )
 
 
 def keys_check(keys: list[TeamKey]) -> Check:
@@ -465,11 +532,12 @@ async def diagnose(settings: Settings, active: bool = False) -> Report:
     now = time.time()
     for account in facts.accounts:
         health = facts.health[account.id]
-        verdict = account_check(account, health, keyring, now)
+        verdict = account_check(account, health, keyring, now, settings.signin_warning_days * 86400)
         checks.append(verdict)
         report.accounts.append(account_row(account, health, verdict, now))
     checks.append(accounts_check(report.accounts))
     checks.append(keys_check(facts.keys))
+    checks.append(prices_check(facts.models_used, settings.price_overrides))
     report.keys = {"total": len(facts.keys), "enabled": sum(k.enabled for k in facts.keys)}
     return await _with_network(report, settings, facts, active)
 

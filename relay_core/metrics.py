@@ -1,4 +1,4 @@
-"""Prometheus metrics of one relay process: requests, tokens, dollars, latency and refusals.
+"""Prometheus metrics of one relay process: requests, tokens, dollars, latency, refusals and sign-in ends.
 
 Each process owns its own registry (not prometheus_client's global one), so tests and several
 relays in one interpreter never share counters. Label values are key and account NAMES, never
@@ -10,10 +10,12 @@ rest are counted as `other` instead of growing the exposition without bound.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
+from prometheus_client import Gauge
 from prometheus_client import Histogram
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -90,6 +92,12 @@ class RelayMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.signin_end = Gauge(
+            "relay_account_signin_end_timestamp_seconds",
+            "When the account's OAuth sign-in ends (epoch seconds); after it the account must be signed in again.",
+            ["account"],
+            registry=self.registry,
+        )
 
     def model_label(self, model: str | None) -> str:
         """The model's id; once `max_models` ids were seen, any new one is `other`."""
@@ -136,6 +144,12 @@ class RelayMetrics:
         """One answer made by the relay itself; types are the relay's own, anything else is `unknown`."""
         reason = error_type if REASON.fullmatch(error_type) else "unknown"
         self.refusals.labels(reason).inc()
+
+    def set_signin_ends(self, ends: Mapping[str, float]) -> None:
+        """Replace the sign-in ends with `ends` (account name -> epoch): deleted or renamed accounts drop out."""
+        self.signin_end.clear()
+        for account, ends_at in ends.items():
+            self.signin_end.labels(account).set(ends_at)
 
     def render(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of this process's metrics."""

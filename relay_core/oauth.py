@@ -40,18 +40,23 @@ _DEFAULT_EXPIRES_IN = 3600  # if a token answer omits expires_in: refresh early 
 class OAuthConfig(BaseModel):
     """Every endpoint and constant of the flow, so a change on Anthropic's side is a config edit, not a release."""
 
-    authorize_url: str = "https://claude.ai/oauth/authorize"
+    authorize_url: str = "https://claude.com/cai/oauth/authorize"  # claude.ai/oauth/authorize refuses every grant
     token_url: str = "https://platform.claude.com/v1/oauth/token"
     client_id: str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
     redirect_uri: str = "https://platform.claude.com/oauth/code/callback"
     scopes: str = (
         "org:create_api_key user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload"
+        " user:plugins user:privacy_consents:write"
+    )
+    # Sent as `scope` on refresh, as Claude Code v2.1.332 does; "" sends none (reports disagree on which works).
+    refresh_scopes: str = (
+        "user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload user:plugins"
     )
     setup_token_scopes: str = "user:inference"
     setup_token_expires_in: int = 31536000
     profile_url: str = "https://api.anthropic.com/api/oauth/profile"
     usage_url: str = "https://api.anthropic.com/api/oauth/usage"
-    user_agent: str = "claude-cli/2.1.280 (external, cli)"
+    user_agent: str = "claude-cli/2.1.332 (external, cli)"
     timeout_s: float = 20
 
 
@@ -89,6 +94,9 @@ class TokenSet(BaseModel):
     organization_name: str | None = None
     organization_uuid: str | None = None
     subscription_type: str | None = None
+    signin_ends_at: float | None = Field(
+        None, description="epoch seconds; the sign-in's fixed end (refresh_token_expires_in), None when not told"
+    )
 
     def expires_in(self, now: float | None = None) -> float:
         return self.expires_at - (time.time() if now is None else now)
@@ -178,6 +186,8 @@ async def refresh(
 ) -> TokenSet:
     """Get a new access token. The refresh token may rotate: persist the returned one; the old one is kept if none."""
     body = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": config.client_id}
+    if config.refresh_scopes.strip():
+        body["scope"] = " ".join(config.refresh_scopes.split())
     payload = await _call(config, "POST", config.token_url, {}, body, proxy, (refresh_token,))
     tokens = _token_set(payload, now, default_scopes=[], fallback_refresh=refresh_token)
     log.info("oauth token refreshed (expires in %.0fs)", tokens.expires_in(now))
@@ -231,13 +241,18 @@ def _token_set(
         log.warning("token answer has no expires_in; assuming %ss", _DEFAULT_EXPIRES_IN)
         expires_in = _DEFAULT_EXPIRES_IN
     refresh_token = payload.get("refresh_token") or fallback_refresh
+    signin_left = payload.get("refresh_token_expires_in")
+    if isinstance(signin_left, bool) or not isinstance(signin_left, int | float) or signin_left <= 0:
+        signin_left = None  # absent or nonsense: say nothing rather than announce a wrong end
     scope = payload.get("scope")
     account = payload.get("account") if isinstance(payload.get("account"), dict) else {}
     org = payload.get("organization") if isinstance(payload.get("organization"), dict) else {}
+    issued_at = time.time() if now is None else now
     return TokenSet(
         access_token=SecretStr(access),
         refresh_token=SecretStr(refresh_token) if refresh_token else None,
-        expires_at=(time.time() if now is None else now) + expires_in,
+        expires_at=issued_at + expires_in,
+        signin_ends_at=issued_at + signin_left if signin_left is not None else None,
         scopes=scope.split() if isinstance(scope, str) else default_scopes,
         account_email=account.get("email_address") or account.get("email"),
         account_uuid=account.get("uuid"),

@@ -14,6 +14,9 @@ from relay_core.oauth import http_opener
 from relay_core.settings import Settings
 from relay_core.upstream import credential_headers
 
+UNIFIED = "anthropic-ratelimit-unified-"
+LIMIT_PREFIX = "limit_"  # distinct from the probe's own fields (`status` is the HTTP status, never a window's)
+
 
 @dataclass
 class ProbeResult:
@@ -21,6 +24,17 @@ class ProbeResult:
     latency_ms: float
     headers: dict[str, str]
     body: bytes
+
+    def limits(self) -> dict[str, str]:
+        """Every unified rate-limit header of the answer as `limit_<name>` (`limit_5h_utilization`, ...).
+
+        All of them, not only those the scheduler reads: their semantics are undocumented and new ones
+        (overage, fallback, grace) appear, so an admin checking an account should see whatever came."""
+        return {
+            LIMIT_PREFIX + name.removeprefix(UNIFIED).replace("-", "_"): value
+            for name, value in sorted(self.headers.items())
+            if name.startswith(UNIFIED)
+        }
 
 
 async def probe(account: Account, secret: str, settings: Settings, model: str) -> ProbeResult:

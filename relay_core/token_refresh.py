@@ -37,6 +37,8 @@ class TokenRefresher:
         self.store = store
         self.keyring = keyring
         self.settings = settings
+        # account name -> end of its OAuth sign-in, as of the last background pass (for /metrics, no extra reads)
+        self.signin_ends: dict[str, float] = {}
 
     async def usable(self, account: Account) -> Account:
         """The account with a token that is not due a refresh (refreshing it first if needed)."""
@@ -91,22 +93,37 @@ class TokenRefresher:
             record.expires_at = tokens.expires_at
             record.refreshed_at = time.time()
             record.scopes = tokens.scopes or record.scopes
+            if tokens.signin_ends_at is not None:  # an answer without it says nothing new: keep what we knew
+                record.signin_ends_at = tokens.signin_ends_at
 
         updated = await self.store.update_account(account.id, apply)
         if updated is None:
             raise RefreshFailed(f"account {account.name!r} was deleted during its refresh")
         await self.store.clear_account_state(account.id, (AccountState.ERROR, AccountState.UNAUTHORIZED))
         logger.info("account %r: token refreshed, valid until %s", account.name, time.ctime(tokens.expires_at))
+        if updated.signin_ends_at is not None:
+            self.signin_ends[updated.name] = updated.signin_ends_at
+        self._warn_if_signin_ends_soon(updated)
         return updated
+
+    def _warn_if_signin_ends_soon(self, account: Account) -> None:
+        """Renewing never moves the sign-in's end: past it the account needs a person to sign it in again."""
+        ends_at = account.signin_ends_at
+        if ends_at is None or ends_at - time.time() > self.settings.signin_warning_days * 86400:
+            return
+        logger.warning(
+            "account %r: its sign-in ends %s (%.1f days); sign it in again before then (`relay accounts add-oauth`)",
+            account.name,
+            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ends_at)),
+            (ends_at - time.time()) / 86400,
+        )
 
     async def refresh_due(self) -> int:
         """One pass of the background refresher: every account due within the margin and not in error."""
         now = time.time()
-        accounts = [
-            a
-            for a in await self.store.list_accounts()
-            if a.enabled and a.due_refresh(now, self.settings.refresh_margin_s)
-        ]
+        listed = await self.store.list_accounts()
+        self.signin_ends = {a.name: a.signin_ends_at for a in listed if a.signin_ends_at is not None}
+        accounts = [a for a in listed if a.enabled and a.due_refresh(now, self.settings.refresh_margin_s)]
         health = await self.store.account_health([a.id for a in accounts])
         refreshed = 0
         for account in accounts:

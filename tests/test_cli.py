@@ -158,3 +158,30 @@ def test_update_commands_change_limits_and_queue(data_dir: Path) -> None:
         json.loads(relay("accounts", "update", "c1", "--queue", "default", "--format", "json"))["user_message_queue"]
         == "default"
     )
+
+
+def test_account_flags_for_extra_usage_and_other_clients(data_dir: Path) -> None:
+    relay("accounts", "add-token", "max-1", "--access-token", "sk-ant-oat01-FLAGS", "--expires-in", "3600")
+    shown = json.loads(relay("accounts", "show", "max-1", "--format", "json"))
+    assert (shown["allow_extra_usage"], shown["allow_other_clients"], shown["signin_ends_at"]) == (False, False, None)
+
+    both = json.loads(
+        relay("accounts", "update", "max-1", "--allow-extra-usage", "--allow-other-clients", "--format", "json")
+    )
+    assert (both["allow_extra_usage"], both["allow_other_clients"]) == (True, True)
+    one_off = json.loads(relay("accounts", "update", "max-1", "--no-allow-extra-usage", "--format", "json"))
+    assert (one_off["allow_extra_usage"], one_off["allow_other_clients"]) == (False, True)  # the other flag stays
+    relay("accounts", "update", "max-1", "--no-allow-other-clients", "--priority", "70")
+    table = relay("accounts", "show", "max-1")
+    assert "allow_extra_usage" in table and "allow_other_clients" in table
+    final = json.loads(relay("accounts", "show", "max-1", "--format", "json"))
+    assert (final["allow_extra_usage"], final["allow_other_clients"], final["priority"]) == (False, False, 70)
+
+    help_text = " ".join(relay("accounts", "update", "--help").split())  # click wraps it
+    assert "billed to the subscription's owner" in help_text and "2026-04" in help_text
+
+    relay("accounts", "add-console", "c1", "--api-key", "sk-ant-api03-x")
+    refused = CliRunner().invoke(main, ["accounts", "update", "c1", "--allow-other-clients", "--priority", "9"])
+    assert refused.exit_code == 2 and "subscription (OAuth) accounts" in refused.output
+    unchanged = json.loads(relay("accounts", "show", "c1", "--format", "json"))
+    assert (unchanged["allow_other_clients"], unchanged["priority"]) == (False, 50)

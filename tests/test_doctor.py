@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import secrets
 import socket
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -25,6 +27,8 @@ from relay_core.models import AccountKind
 from relay_core.models import new_id
 from relay_core.settings import Settings
 from relay_core.store import Store
+from relay_core.store import UsageRecord
+from relay_core.usage import TokenUsage
 from tests.support.admin import Admin
 from tests.support.fake_oauth import FakeOAuth
 from tests.support.fake_upstream import FakeUpstream
@@ -119,6 +123,7 @@ def test_healthy_setup_passes_and_prints_no_secret(
         "account max-1": "ok",
         "accounts": "ok",
         "keys": "ok",
+        "prices": "ok",
         f"upstream {upstream.url}": "ok",
         f"oauth {env['RELAY_OAUTH__TOKEN_URL']}": "ok",
         f"listen {env['RELAY_LISTEN']}": "ok",
@@ -310,3 +315,99 @@ def test_secret_file_is_never_created_by_status(
         checks(result)["secret"]["level"] == "warn" and "generated on first use" in checks(result)["secret"]["detail"]
     )
     assert not (tmp_path / "secret.key").exists()
+
+
+def test_sign_in_ends_warn_ahead_and_fail_once_passed(env: dict[str, str], admin: Admin) -> None:
+    """A sign-in's end (refresh_token_expires_in) is fixed: warn signin_warning_days ahead, FAIL once it passed."""
+    ok("keys", "create", "alice")
+    now = time.time()
+    days = 86400
+    ends = {"ended": now - days, "soon": now + 5 * days, "later": now + 60 * days, "off-ended": now - days}
+    keyring = admin.runtime.keyring
+    for name, ends_at in ends.items():
+        account_id = new_id()
+        account = Account(
+            id=account_id,
+            name=name,
+            kind=AccountKind.OAUTH,
+            sealed_secret=keyring.seal(ACCESS, account_id),
+            sealed_refresh_token=keyring.seal(REFRESH, account_id),
+            expires_at=now + 3600,
+            signin_ends_at=ends_at,
+        )
+        admin._run(lambda rt, account=account: rt.store.create_account(account))
+    ok("accounts", "disable", "off-ended")
+
+    result = cli("status", "--format", "json")
+    assert result.exit_code == 1
+    found = checks(result)
+    assert {name: found[f"account {name}"]["level"] for name in ends} == {
+        "ended": "FAIL",
+        "soon": "warn",
+        "later": "ok",
+        "off-ended": "warn",  # out of rotation: it serves nothing, but will need a sign-in
+    }
+    ended = found["account ended"]
+    assert "sign-in ended at" in ended["detail"]
+    assert "relay accounts add-oauth ended" in ended["fix"] and "relay accounts delete ended" in ended["fix"]
+    soon = found["account soon"]
+    assert "sign-in ends at" in soon["detail"] and "in 5 days" in soon["detail"]
+    assert "relay accounts add-oauth soon" in soon["fix"] and "before then" in soon["fix"]
+    later = found["account later"]
+    iso_later = dt.datetime.fromtimestamp(ends["later"], dt.UTC).isoformat(timespec="seconds")
+    assert later["detail"].endswith(f"sign-in ends at {iso_later}")
+    rows = {a["name"]: a for a in json.loads(result.output)["accounts"]}
+    assert rows["later"]["signin_ends"] == iso_later and rows["later"]["result"] == "ok"
+
+    # signin_warning_days moves the warning; the table shows the column; doctor says the same with its fix.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RELAY_SIGNIN_WARNING_DAYS", "90")
+        assert levels(cli("status", "--format", "json"))["account later"] == "warn"
+    table = cli("status")
+    assert "signin_ends" in table.output and iso_later in table.output
+    doctor = cli("doctor")
+    assert doctor.exit_code == 1 and "FAIL  account ended" in doctor.output and "warn  account soon" in doctor.output
+    assert (
+        "fix: sign it in again: `relay accounts delete ended`, then `relay accounts add-oauth ended`" in doctor.output
+    )
+    assert all(secret not in table.output + doctor.output + result.output for secret in (ACCESS, REFRESH))
+
+
+def test_prices_check_names_recent_models_it_cannot_price(
+    env: dict[str, str], settings: Settings, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok("keys", "create", "alice")
+    account = admin.add_account("console-1", API_KEY)
+    tokens = TokenUsage(input_tokens=100, output_tokens=10)
+    now = time.time()
+
+    def record(model: str, at: float, usage: TokenUsage = tokens) -> Callable[[Store], Any]:
+        async def write(store: Store) -> None:
+            cost = Decimal("0.001") if model == "claude-opus-4-8" else None
+            usage_record = UsageRecord(
+                at=at, key_id="k", account_id=account.id, model=model, usage=usage, cost_usd=cost
+            )
+            await store.record_completion(account.id, None, HealthRules(), usage=usage_record)
+
+        return write
+
+    run_store(settings, record("claude-opus-4-8", now))
+    assert levels(cli("status", "--format", "json"))["prices"] == "ok"
+
+    run_store(settings, record("my-model", now - 3 * 86400))
+    run_store(settings, record("other-model", now))
+    run_store(settings, record("unknown", now, TokenUsage()))  # a failed request without tokens: nothing to price
+    run_store(settings, record("old-model", now - 45 * 86400))  # outside the last 30 days
+    result = cli("doctor", "--format", "json")
+    prices = checks(result)["prices"]
+    assert prices["level"] == "warn" and result.exit_code == 0  # a warning, not a failure
+    assert "my-model, other-model" in prices["detail"] and "last 30 days" in prices["detail"]
+    assert all(name not in prices["detail"] for name in ("claude-opus-4-8", "old-model", "unknown"))
+    assert "price_overrides" in prices["fix"]
+    assert "warn  prices" in cli("doctor").output
+
+    monkeypatch.setenv("RELAY_PRICE_OVERRIDES", json.dumps({"my-model": {"input": 1.0, "output": 5.0}}))
+    prices = checks(cli("status", "--format", "json"))["prices"]
+    assert prices["level"] == "warn" and "other-model" in prices["detail"] and "my-model" not in prices["detail"]
+    monkeypatch.setenv("RELAY_PRICE_OVERRIDES", json.dumps({m: {"input": 1.0} for m in ("my-model", "other-model")}))
+    assert levels(cli("status", "--format", "json"))["prices"] == "ok"

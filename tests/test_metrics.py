@@ -35,6 +35,8 @@ from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import TeamKey
 from relay_core.routes import Route
+from relay_core.runtime import Runtime
+from relay_core.settings import Settings
 from relay_core.store import UsageRecord
 from relay_core.usage import TokenUsage
 from tests.support.admin import Admin
@@ -135,6 +137,21 @@ def test_each_instance_has_its_own_registry() -> None:
     assert b"# TYPE relay_requests_total counter" in first.render()
 
 
+def test_signin_end_gauge_is_replaced_as_a_whole() -> None:
+    metrics = RelayMetrics()
+    metrics.set_signin_ends({"max-1": 1_900_000_000.0, "max-2": 1_900_500_000.0})
+    found = samples(metrics.render().decode())
+    assert total(found, "relay_account_signin_end_timestamp_seconds", account="max-1") == 1_900_000_000
+    assert total(found, "relay_account_signin_end_timestamp_seconds", account="max-2") == 1_900_500_000
+    metrics.set_signin_ends({"max-2": 1_900_600_000.0})  # max-1 deleted (or renamed), max-2 signed in again
+    found = samples(metrics.render().decode())
+    names = {
+        dict(labels)["account"] for (name, labels) in found if name == "relay_account_signin_end_timestamp_seconds"
+    }
+    assert names == {"max-2"}
+    assert total(found, "relay_account_signin_end_timestamp_seconds", account="max-2") == 1_900_600_000
+
+
 # --- The addon, at unit level ---------------------------------------------------------------------------------
 
 
@@ -168,6 +185,19 @@ def test_endpoint_is_open_without_a_token() -> None:
     assert flow.response.status_code == 200
     assert flow.response.headers["content-type"] == CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
     assert total(samples(flow.response.text or ""), "relay_refusals_total", reason="billing_error") == 1
+
+
+def test_scrape_shows_the_sign_in_ends_the_refresher_last_read(settings: Settings) -> None:
+    """The gauge comes from the background refresher's last pass over the accounts: a scrape reads no store."""
+    runtime = Runtime(settings)
+    runtime.refresher.signin_ends = {"max-1": 1_900_000_000.0}
+    addon = Metrics(RelayRuntime(runtime))
+    with taddons.context(addon):
+        flow = metrics_flow()
+        addon.requestheaders(flow)
+    assert flow.response is not None and flow.response.status_code == 200
+    found = samples(flow.response.text or "")
+    assert total(found, "relay_account_signin_end_timestamp_seconds", account="max-1") == 1_900_000_000
 
 
 def test_endpoint_with_a_token_refuses_in_anthropic_shape() -> None:
@@ -381,3 +411,32 @@ def test_metrics_token_setting_protects_the_endpoint_under_relay_serve(start_rel
     request = urllib.request.Request(relay.url + "/metrics", headers={"authorization": "Bearer scrape-t0ken"})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200 and b"relay_requests_total" in response.read()
+
+
+def test_sign_in_ends_reach_metrics_under_relay_serve(start_relay, admin: Admin) -> None:
+    ends_at = time.time() + 30 * 86400
+    admin.add_account("max-1", "tok-max-1", kind="oauth", signin_ends_at=ends_at)
+    admin.add_account("max-2", "tok-max-2", kind="oauth")  # no known end: no sample
+    admin.add_account("api-1", "sk-ant-api03-x")
+    relay = start_relay(RELAY_REFRESH_INTERVAL_S="1")
+
+    def gauge() -> dict[str, float]:
+        status, _, text = scrape(relay)
+        assert status == 200
+        return {
+            dict(labels)["account"]: value
+            for (name, labels), value in samples(text).items()
+            if name == "relay_account_signin_end_timestamp_seconds"
+        }
+
+    deadline = time.monotonic() + 10
+    while not gauge() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gauge() == {"max-1": pytest.approx(ends_at)}
+
+    admin.update_account("max-2", lambda account: setattr(account, "signin_ends_at", ends_at + 86400))
+    deadline = time.monotonic() + 10
+    while len(gauge()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gauge() == {"max-1": pytest.approx(ends_at), "max-2": pytest.approx(ends_at + 86400)}
+    assert "tok-max" not in scrape(relay)[2]

@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import socket
+import time
 import urllib.parse
 from collections.abc import Iterator
 
@@ -18,6 +19,7 @@ from relay_core.oauth import OAuthConfig
 from relay_core.oauth import OAuthError
 from relay_core.oauth import Pkce
 from relay_core.oauth import TokenSet
+from relay_core.oauth import _token_set
 from relay_core.oauth import authorize_url
 from relay_core.oauth import check_proxy_url
 from relay_core.oauth import exchange_code
@@ -28,6 +30,7 @@ from relay_core.oauth import parse_credentials_json
 from relay_core.oauth import parse_pasted_code
 from relay_core.oauth import refresh
 from tests.support.fake_oauth import FULL_SCOPES
+from tests.support.fake_oauth import REFRESH_SCOPES
 from tests.support.fake_oauth import FakeOAuth
 
 NOW = 1_800_000_000.0
@@ -58,10 +61,28 @@ def closed_port() -> int:
 
 
 def test_config_defaults_are_todays_endpoints() -> None:
+    """As Claude Code v2.1.332 signs in and refreshes (claude-api.md §7)."""
     config = OAuthConfig()
+    assert config.authorize_url == "https://claude.com/cai/oauth/authorize"  # claude.ai/oauth/authorize refuses grants
     assert config.token_url == "https://platform.claude.com/v1/oauth/token"  # console.anthropic.com now 404s
     assert config.client_id == "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
     assert config.scopes.split() == FULL_SCOPES.split()
+    assert config.scopes.split() == [
+        "org:create_api_key",
+        "user:profile",
+        "user:inference",
+        "user:sessions:claude_code",
+        "user:mcp_servers",
+        "user:file_upload",
+        "user:plugins",
+        "user:privacy_consents:write",
+    ]
+    assert config.refresh_scopes.split() == REFRESH_SCOPES.split()
+    assert set(config.refresh_scopes.split()) == set(config.scopes.split()) - {
+        "org:create_api_key",
+        "user:privacy_consents:write",
+    }
+    assert config.user_agent == "claude-cli/2.1.332 (external, cli)"
     assert config.setup_token_expires_in == 365 * 24 * 3600
 
 
@@ -81,7 +102,7 @@ def test_authorize_url(setup_token: bool, scope: str) -> None:
     pkce = new_pkce()
     url = authorize_url(OAuthConfig(), pkce, setup_token)
     parts = urllib.parse.urlsplit(url)
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == "https://claude.ai/oauth/authorize"
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == "https://claude.com/cai/oauth/authorize"
     if " " in scope:
         assert "%20" in parts.query and "+" not in parts.query  # spaces as %20, the form Claude Code sends
     pairs = urllib.parse.parse_qsl(parts.query)
@@ -153,7 +174,7 @@ async def test_exchange_against_fake_server(fake: FakeOAuth) -> None:
     assert set(body) == {"grant_type", "client_id", "code", "redirect_uri", "code_verifier", "state"}
     assert body["grant_type"] == "authorization_code"
     assert sent.headers["content-type"] == "application/json"
-    assert sent.headers["user-agent"] == "claude-cli/2.1.280 (external, cli)"
+    assert sent.headers["user-agent"] == "claude-cli/2.1.332 (external, cli)"
     assert "anthropic-beta" not in sent.headers
     assert not sent.proxied
 
@@ -190,6 +211,7 @@ async def test_refresh_rotates_and_old_refresh_token_dies(fake: FakeOAuth) -> No
         "grant_type": "refresh_token",
         "refresh_token": old_refresh,
         "client_id": "9d1c250a-e61b-44d9-88ed-5944d1962f5e",
+        "scope": REFRESH_SCOPES,
     }
     with pytest.raises(OAuthError, match="Refresh token not found or invalid") as dead:
         await refresh(fake.config(), old_refresh)
@@ -197,6 +219,72 @@ async def test_refresh_rotates_and_old_refresh_token_dies(fake: FakeOAuth) -> No
     third = await refresh(fake.config(), new_refresh)
     assert third.refresh_token is not None and third.refresh_token.get_secret_value() != new_refresh
     assert fake.refresh_calls == 3
+
+
+async def test_refresh_sends_the_configured_scope_or_none(fake: FakeOAuth) -> None:
+    """Claude Code v2.1.332 sends `scope` on refresh; whether the server wants it is disputed, so it is a setting."""
+    tokens = await refresh(fake.config(), fake.issue_tokens()["refresh_token"])
+    assert fake.refresh_bodies[-1]["scope"] == REFRESH_SCOPES
+    assert tokens.scopes == REFRESH_SCOPES.split()  # the new access token carries what was asked for
+
+    without = await refresh(fake.config(refresh_scopes=""), tokens.refresh_token.get_secret_value())  # type: ignore[union-attr]
+    assert "scope" not in fake.refresh_bodies[-1]
+    assert without.scopes == FULL_SCOPES.split()  # none asked: the sign-in's whole grant
+
+    fake.refuse_refresh_scope = True  # a server that answers any `scope` with invalid_scope
+    refresh_token = without.refresh_token.get_secret_value()  # type: ignore[union-attr]
+    with pytest.raises(OAuthError, match="requested scope is invalid") as refused:
+        await refresh(fake.config(), refresh_token)
+    assert (refused.value.status, refused.value.error_code) == (400, "invalid_scope")
+    assert (await refresh(fake.config(refresh_scopes="  "), refresh_token)).access_token
+    assert [("scope" in body) for body in fake.refresh_bodies] == [True, False, True, False]
+
+
+async def test_refresh_may_not_ask_for_more_than_the_sign_in_granted(fake: FakeOAuth) -> None:
+    refresh_token = fake.issue_tokens(scope="user:inference user:profile")["refresh_token"]
+    with pytest.raises(OAuthError) as refused:
+        await refresh(fake.config(), refresh_token)
+    assert refused.value.error_code == "invalid_scope"
+    narrowed = await refresh(fake.config(refresh_scopes="user:inference"), refresh_token)
+    assert narrowed.scopes == ["user:inference"]
+
+
+async def test_the_sign_in_end_comes_from_refresh_token_expires_in(fake: FakeOAuth) -> None:
+    """The end is fixed at sign-in: every answer states the time left to the same moment, renewing does not move it."""
+    assert (await login(fake)).signin_ends_at is None  # an answer without refresh_token_expires_in says nothing
+    fake.signin_lifetime_s = 90 * 86400
+    started = time.time()
+    first = await exchange_code_now(fake)  # the code exchange states it too, not only refreshes
+    assert first.signin_ends_at == pytest.approx(started + 90 * 86400, abs=5)
+    await asyncio.sleep(1.1)
+    second = await refresh(fake.config(), first.refresh_token.get_secret_value())  # type: ignore[union-attr]
+    assert second.signin_ends_at == pytest.approx(first.signin_ends_at, abs=2)
+    assert second.expires_at > first.expires_at  # the access token moved on, the sign-in did not
+    setup = await login(fake, setup_token=True)
+    assert setup.refresh_token is None and setup.signin_ends_at is None  # no refresh token, no sign-in end
+
+    fake.signin_lifetime_s = 1  # a sign-in that ends: its refresh token dies with it
+    ending = await exchange_code_now(fake)
+    await asyncio.sleep(1.1)
+    with pytest.raises(OAuthError) as ended:
+        await refresh(fake.config(), ending.refresh_token.get_secret_value())  # type: ignore[union-attr]
+    assert ended.value.error_code == "invalid_grant"
+
+
+async def exchange_code_now(fake: FakeOAuth) -> TokenSet:
+    """The paste flow on the real clock (login() pins `now`, which would skew a server-stated lifetime)."""
+    cfg = fake.config()
+    pkce = new_pkce()
+    code = fake.authorize(pkce.challenge, pkce.state, cfg.scopes)
+    return await exchange_code(cfg, code, pkce)
+
+
+@pytest.mark.parametrize("value", [None, "soon", -5, 0, True, [1]])
+def test_a_missing_or_nonsense_sign_in_lifetime_announces_no_end(value: object) -> None:
+    payload = {"access_token": "sk-ant-oat01-x", "expires_in": 60, "refresh_token_expires_in": value}
+    assert _token_set(payload, NOW, default_scopes=[]).signin_ends_at is None
+    payload["refresh_token_expires_in"] = 86400.5
+    assert _token_set(payload, NOW, default_scopes=[]).signin_ends_at == NOW + 86400.5
 
 
 async def test_refresh_keeps_refresh_token_when_none_is_returned(fake: FakeOAuth) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import urllib.parse
@@ -20,6 +21,8 @@ from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import new_id
 from tests.support.admin import Admin
+from tests.support.fake_oauth import FULL_SCOPES
+from tests.support.fake_oauth import REFRESH_SCOPES
 from tests.support.fake_oauth import FakeOAuth
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.fake_upstream import Reply
@@ -36,10 +39,13 @@ EXPIRED = b'{"type":"error","error":{"type":"authentication_error","message":"OA
 @pytest.fixture
 def oauth(oauth_server: FakeOAuth) -> Iterator[FakeOAuth]:
     oauth_server.refresh_calls = 0
+    oauth_server.refresh_bodies.clear()
     yield oauth_server
     oauth_server.refresh_delay = 0.0
     oauth_server.fail_refresh = False
     oauth_server.rotate_refresh_tokens = True
+    oauth_server.signin_lifetime_s = None
+    oauth_server.refuse_refresh_scope = False
 
 
 @pytest.fixture
@@ -73,8 +79,10 @@ class TokenCheckingUpstream:
 def add_signed_in_account(
     admin: Admin, oauth: FakeOAuth, name: str, expires_in: float, **fields
 ) -> tuple[Account, dict]:
+    """Like Admin.add_account, it serves the SDK clients these tests use (allow_other_clients)."""
     issued = oauth.issue_tokens()
     account_id = new_id()
+    fields.setdefault("allow_other_clients", True)
     seal = admin.runtime.keyring.seal
     account = Account(
         id=account_id,
@@ -124,7 +132,9 @@ def test_sign_in_with_pasted_code(
     assert (shown["name"], shown["kind"], shown["state"]) == ("max-1", "oauth", "active")
     assert (shown["email"], shown["organization"], shown["refreshable"]) == ("owner@example.com", "Example Org", True)
 
-    # the stored token works: a request through the relay reaches the upstream with it
+    # the stored token works: a request through the relay reaches the upstream with it (the SDK is not Claude Code)
+    allowed = json.loads(cli("accounts", "update", "max-1", "--allow-other-clients", "--format", "json"))
+    assert (allowed["allow_other_clients"], allowed["allow_extra_usage"]) == (True, False)
     TokenCheckingUpstream(upstream, oauth)
     key = admin.create_key("team")
     client = anthropic.Anthropic(base_url=relay.url, auth_token=key, max_retries=0)
@@ -362,3 +372,122 @@ def test_proxied_and_direct_accounts_on_one_client_connection_keep_their_routes(
         assert b"sk-ant-api03-direct" not in forwarded  # the direct account never rode the proxy's tunnel
     finally:
         proxy.stop()
+
+
+UNIFIED = "anthropic-ratelimit-unified-"
+
+
+def test_no_wait_prints_the_claude_com_link_with_all_eight_scopes(cli, admin: Admin) -> None:
+    printed = cli("accounts", "add-oauth", "max-link", "--no-wait")
+    links = [line for line in printed.splitlines() if line.startswith("https://")]
+    assert len(links) == 1 and "relay accounts add-oauth max-link --code" in printed
+    parts = urllib.parse.urlsplit(links[0])
+    assert links[0].startswith("https://claude.com/cai/oauth/authorize?")
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == "https://claude.com/cai/oauth/authorize"
+    query = urllib.parse.parse_qs(parts.query)
+    scopes = query["scope"][0].split(" ")
+    assert scopes == FULL_SCOPES.split() and len(scopes) == 8
+    assert {"user:plugins", "user:privacy_consents:write", "org:create_api_key"} <= set(scopes)
+    assert query["code"] == ["true"] and query["code_challenge_method"] == ["S256"]
+
+
+def test_sign_in_and_refresh_keep_the_sign_in_end(
+    cli, admin: Admin, oauth: FakeOAuth, caplog: pytest.LogCaptureFixture
+) -> None:
+    """refresh_token_expires_in is stored at sign-in and on every refresh that states it, kept when one does not,
+    and a refresh close to the end warns in the log (naming the account, never a token)."""
+    oauth.signin_lifetime_s = 10 * 86400  # within signin_warning_days (14)
+    started = json.loads(cli("accounts", "add-oauth", "max-1", "--no-wait", "--format", "json"))
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(started["authorize_url"]).query)
+    code = oauth.authorize(query["code_challenge"][0], query["state"][0], query["scope"][0])
+    shown = json.loads(
+        cli("accounts", "add-oauth", "max-1", "--code", f"{code}#{query['state'][0]}", "--format", "json")
+    )
+    signed_in = stored_account(admin, "max-1")
+    assert signed_in.signin_ends_at == pytest.approx(time.time() + 10 * 86400, abs=10)
+    assert shown["signin_ends_at"] == time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(signed_in.signin_ends_at))
+    listed = cli("accounts", "list")
+    assert "signin_ends_at" in listed and shown["signin_ends_at"] in listed
+
+    caplog.set_level(logging.WARNING, logger="relay_core.token_refresh")
+    refreshed = json.loads(cli("accounts", "refresh", "max-1", "--format", "json"))
+    assert oauth.refresh_bodies[-1]["scope"] == REFRESH_SCOPES  # the refresh asked for Claude Code's scopes
+    after = stored_account(admin, "max-1")
+    assert after.signin_ends_at == pytest.approx(signed_in.signin_ends_at, abs=2)
+    assert refreshed["signin_ends_at"][:13] == shown["signin_ends_at"][:13]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("'max-1'" in w and "sign-in ends" in w and "add-oauth" in w for w in warnings), warnings
+    secrets_now = [admin.runtime.keyring.open(after.sealed_secret, after.id)]
+    secrets_now.append(admin.runtime.keyring.open(after.sealed_refresh_token or "", after.id))
+    assert all(secret not in w for secret in secrets_now for w in warnings)
+
+    # An answer without refresh_token_expires_in keeps what was known; a far end warns nothing.
+    oauth.signin_lifetime_s = None
+    known = time.time() + 200 * 86400
+    add_signed_in_account(admin, oauth, "max-2", expires_in=3600, signin_ends_at=known)
+    caplog.clear()
+    cli("accounts", "refresh", "max-2")
+    assert stored_account(admin, "max-2").signin_ends_at == known
+    assert stored_account(admin, "max-2").refreshed_at is not None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_accounts_test_shows_every_unified_limit_header(
+    cli, admin: Admin, oauth: FakeOAuth, upstream: FakeUpstream
+) -> None:
+    """`status` is the HTTP status; the limit headers (one of them also named status) come as limit_*."""
+    reset_5h, reset_7d, overage_reset = 1_900_000_000, 1_900_300_000, 1_900_600_000
+    limits = {
+        "status": "allowed",
+        "reset": str(reset_5h),
+        "representative-claim": "five_hour",
+        "5h-status": "allowed",
+        "5h-reset": str(reset_5h),
+        "5h-utilization": "0.42",
+        "7d-status": "allowed_warning",
+        "7d-reset": str(reset_7d),
+        "7d-utilization": "0.91",
+        "fallback-percentage": "0.5",
+        "overage-status": "rejected",
+        "overage-reset": str(overage_reset),
+        "overage-disabled-reason": "org_level_disabled",
+        "overage-in-use": "false",
+        "overage-utilization": "0.0",
+    }
+
+    def reply(seen: Seen) -> Reply:
+        return Reply(
+            headers={UNIFIED + name: value for name, value in limits.items()},
+            body=message_json("claude-haiku-4-5-20251001", {"input_tokens": 8, "output_tokens": 1}),
+        )
+
+    upstream.handler = reply
+    add_signed_in_account(admin, oauth, "max-1", expires_in=3600)
+    shown = json.loads(cli("accounts", "test", "max-1", "--format", "json"))
+
+    assert shown["status"] == 200 and shown["error"] is None and shown["account"] == "max-1"
+    iso = {
+        value: time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(value))
+        for value in (reset_5h, reset_7d, overage_reset)
+    }
+    expected = {
+        "limit_" + name.replace("-", "_"): iso[int(value)] if name.endswith("reset") else value
+        for name, value in limits.items()
+    }
+    assert {k: v for k, v in shown.items() if k.startswith("limit_")} == expected
+    assert len(expected) == 15
+    sent = upstream.requests[-1]
+    assert sent.path == "/v1/messages" and sent.json()["max_tokens"] == 1
+    assert sent.headers["user-agent"] == "claude-cli/2.1.332 (external, cli)"
+
+    table = cli("accounts", "test", "max-1")
+    for line in (
+        "status",
+        "limit_status",
+        "limit_overage_disabled_reason",
+        "org_level_disabled",
+        "limit_7d_utilization",
+    ):
+        assert line in table
+    rows = {row["name"]: row for row in json.loads(cli("accounts", "list", "--format", "json"))}
+    assert rows["max-1"]["utilization_7d"] == "0.91"  # the probe's answer fed the account's health too

@@ -2,6 +2,9 @@
 
 It keeps real state: authorization codes remember their PKCE challenge and are single-use, refresh tokens rotate
 (the old one then answers 400 invalid_grant), so races between concurrent refreshes fail the way they do upstream.
+A refresh may ask for a narrower `scope` (RFC 6749 §6): a scope the sign-in was not granted is refused with
+invalid_scope, as is any `scope` at all while `refuse_refresh_scope` is set (public reports disagree on which
+the real server does). Token answers carry `refresh_token_expires_in` when `signin_lifetime_s` is set.
 It also serves as a plain HTTP forward proxy for http:// targets (absolute-form request lines), recording that
 the request was proxied, so tests can check that an account's proxy is really used.
 """
@@ -25,7 +28,9 @@ from relay_core.oauth import OAuthConfig
 
 FULL_SCOPES = (
     "org:create_api_key user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload"
+    " user:plugins user:privacy_consents:write"
 )
+REFRESH_SCOPES = "user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload user:plugins"
 CLIENT_ID = OAuthConfig().client_id
 REDIRECT_URI = OAuthConfig().redirect_uri
 INVALID_REFRESH = {"error": "invalid_grant", "error_description": "Refresh token not found or invalid"}
@@ -51,6 +56,12 @@ class _Grant:
     scope: str
 
 
+@dataclass(frozen=True)
+class _Signin:
+    scope: str  # what the sign-in granted; a refresh may narrow an access token's scope, never the sign-in's
+    ends_at: float | None  # epoch seconds; None: no end announced
+
+
 def _challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
@@ -69,10 +80,15 @@ class FakeOAuth:
         self.fail_status = 400
         self.fail_body: dict[str, Any] = {"error": "invalid_grant", "error_description": "Refresh token revoked"}
         self.expires_in = 28800
+        # seconds a sign-in lasts, counted from the code exchange (or issue_tokens); refreshing does not move its end.
+        # None: answers carry no refresh_token_expires_in.
+        self.signin_lifetime_s: float | None = None
+        self.refuse_refresh_scope = False  # True: a refresh that sends `scope` gets 400 invalid_scope
+        self.refresh_bodies: list[dict[str, Any]] = []  # every refresh request's JSON body, in arrival order
         self.account = {"uuid": "acc-0001", "email_address": "owner@example.com"}
         self.organization = {"uuid": "org-0001", "name": "Example Org"}
         self._codes: dict[str, _Grant] = {}
-        self._refresh_tokens: dict[str, str] = {}  # refresh token -> scope
+        self._refresh_tokens: dict[str, _Signin] = {}  # refresh token -> the sign-in it belongs to
         self._access_tokens: dict[str, str] = {}  # access token -> scope
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -113,14 +129,19 @@ class FakeOAuth:
     def issue_tokens(self, scope: str = FULL_SCOPES, with_refresh: bool = True) -> dict[str, Any]:
         """A token answer for an already-logged-in account, for tests that do not need the browser dance."""
         with self._lock:
-            return self._issue(scope, with_refresh, self.expires_in)
+            return self._issue(self._new_signin(scope), with_refresh, self.expires_in)
 
     def refresh_token_valid(self, token: str) -> bool:
         with self._lock:
             return token in self._refresh_tokens
 
-    def _issue(self, scope: str, with_refresh: bool, expires_in: int) -> dict[str, Any]:
+    def _new_signin(self, scope: str) -> _Signin:
+        lifetime = self.signin_lifetime_s
+        return _Signin(scope, time.time() + lifetime if lifetime is not None else None)
+
+    def _issue(self, signin: _Signin, with_refresh: bool, expires_in: int, scope: str | None = None) -> dict[str, Any]:
         access = "sk-ant-oat01-fake-" + secrets.token_urlsafe(24)
+        scope = scope or signin.scope
         self._access_tokens[access] = scope
         answer: dict[str, Any] = {
             "token_type": "Bearer",
@@ -132,8 +153,10 @@ class FakeOAuth:
         }
         if with_refresh:
             refresh = "sk-ant-ort01-fake-" + secrets.token_urlsafe(24)
-            self._refresh_tokens[refresh] = scope
+            self._refresh_tokens[refresh] = signin
             answer["refresh_token"] = refresh
+            if signin.ends_at is not None:
+                answer["refresh_token_expires_in"] = max(0, int(signin.ends_at - time.time()))
         return answer
 
     def _token(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -157,26 +180,42 @@ class FakeOAuth:
                 return 400, {"error": "invalid_grant", "error_description": "Invalid 'state' in request."}
             if _challenge(str(body.get("code_verifier", ""))) != issued.challenge:
                 return 400, {"error": "invalid_grant", "error_description": "Invalid code verifier."}
+            signin = self._new_signin(issued.scope)
             if "expires_in" in body:  # setup token: long-lived, no refresh token
-                return 200, self._issue(issued.scope, with_refresh=False, expires_in=int(body["expires_in"]))
-            return 200, self._issue(issued.scope, with_refresh=True, expires_in=self.expires_in)
+                return 200, self._issue(signin, with_refresh=False, expires_in=int(body["expires_in"]))
+            return 200, self._issue(signin, with_refresh=True, expires_in=self.expires_in)
 
     def _refresh(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         with self._lock:
             self.refresh_calls += 1
+            self.refresh_bodies.append(body)
         if self.refresh_delay:
             time.sleep(self.refresh_delay)
         if self.fail_refresh:
             return self.fail_status, self.fail_body
         token = str(body.get("refresh_token"))
         with self._lock:
-            scope = self._refresh_tokens.get(token)
-            if scope is None:
+            signin = self._refresh_tokens.get(token)
+            if signin is None:
                 return 400, INVALID_REFRESH
+            if signin.ends_at is not None and signin.ends_at <= time.time():
+                del self._refresh_tokens[token]
+                return 400, INVALID_REFRESH
+            asked = body.get("scope")
+            if asked is not None and (
+                self.refuse_refresh_scope
+                or not isinstance(asked, str)
+                or not set(asked.split()) <= set(signin.scope.split())
+            ):
+                return 400, {"error": "invalid_scope", "error_description": "The requested scope is invalid"}
+            scope = " ".join(asked.split()) if asked else None
             if not self.rotate_refresh_tokens:
-                return 200, self._issue(scope, with_refresh=False, expires_in=self.expires_in)
+                answer = self._issue(signin, with_refresh=False, expires_in=self.expires_in, scope=scope)
+                if signin.ends_at is not None:
+                    answer["refresh_token_expires_in"] = max(0, int(signin.ends_at - time.time()))
+                return 200, answer
             del self._refresh_tokens[token]
-            return 200, self._issue(scope, with_refresh=True, expires_in=self.expires_in)
+            return 200, self._issue(signin, with_refresh=True, expires_in=self.expires_in, scope=scope)
 
     def _api(self, seen: Seen) -> tuple[int, dict[str, Any]]:
         bearer = seen.headers.get("authorization", "").removeprefix("Bearer ")
