@@ -95,6 +95,8 @@ class _MetricsTally:
             replaced = timing is not None and timing.upstream is not None and flow.response is not timing.upstream
             if state.refused or replaced:
                 self.metrics.observe_refusal(error_type_of(flow.response.content))
+            if state.outcome is not None and state.outcome.third_party and state.account is not None:
+                self.metrics.observe_third_party_refusal(state.account.name)
         except Exception:
             logger.exception("could not count a response in the metrics")
 

@@ -92,6 +92,13 @@ class RelayMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.third_party = Counter(
+            "relay_upstream_third_party_refusals",
+            "Upstream 400s refusing a request as not from Claude Code (\"Third-party apps now draw from your "
+            "extra usage\"), by account: a client the relay took for Claude Code, or an allowed other client.",
+            ["account"],
+            registry=self.registry,
+        )
         self.signin_end = Gauge(
             "relay_account_signin_end_timestamp_seconds",
             "When the account's OAuth sign-in ends (epoch seconds); after it the account must be signed in again.",
@@ -144,6 +151,9 @@ class RelayMetrics:
         """One answer made by the relay itself; types are the relay's own, anything else is `unknown`."""
         reason = error_type if REASON.fullmatch(error_type) else "unknown"
         self.refusals.labels(reason).inc()
+
+    def observe_third_party_refusal(self, account: str) -> None:
+        self.third_party.labels(account).inc()
 
     def set_signin_ends(self, ends: Mapping[str, float]) -> None:
         """Replace the sign-in ends with `ends` (account name -> epoch): deleted or renamed accounts drop out."""

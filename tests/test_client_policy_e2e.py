@@ -9,6 +9,7 @@ import urllib.request
 from collections import Counter
 
 import anthropic
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.admin import Admin
 from tests.support.captured import claude_code_request
@@ -123,9 +124,10 @@ def test_an_account_spending_extra_usage_gets_no_traffic_until_its_reset_unless_
     assert send(6) == {"tok-overage": 6}
 
 
-def test_the_third_party_refusal_reaches_the_client_with_its_text_and_cools_nothing(
-    relay: RelayProcess, admin: Admin, upstream: FakeUpstream
+def test_the_third_party_refusal_reaches_the_client_with_its_text_is_counted_and_cools_nothing(
+    start_relay, admin: Admin, upstream: FakeUpstream
 ) -> None:
+    relay = start_relay()  # one process: /metrics of several workers is per process
     key = admin.create_key("team")
     admin.add_account("max-1", "tok", kind="oauth", expires_at=IN_A_DAY)
     error = {"type": "error", "error": {"type": "invalid_request_error", "message": THIRD_PARTY}}
@@ -141,6 +143,10 @@ def test_the_third_party_refusal_reaches_the_client_with_its_text_and_cools_noth
     assert len(upstream.requests) == 2  # not cooled: the second request went to the account too
     (row,) = admin.wait_for_requests(2, by="account")
     assert row["errors"] == 2
+    with urllib.request.urlopen(relay.url + "/metrics", timeout=10) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    (sample,) = [s for s in families["relay_upstream_third_party_refusals"].samples if s.name.endswith("_total")]
+    assert (sample.labels, sample.value) == ({"account": "max-1"}, 2.0)
 
 
 def test_a_budgeted_key_is_refused_an_unpriced_model_and_an_unbudgeted_one_records_it_unpriced(
