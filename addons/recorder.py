@@ -1,8 +1,11 @@
 """Records every relayed answer: tokens and dollars, the account's health, the session's account.
 
-Streams pass through a meter that parses SSE frames on the side; non-streamed answers are read from
-their JSON. Everything is written in one pipeline from a background task, so the stream's last
-chunk (which mitmproxy holds until the response hook returns) is never delayed by the store.
+Streams pass through a meter that parses SSE frames on the side (decompressing a copy when the upstream
+compressed them); non-streamed answers are read from their JSON. A request the upstream received whose
+answer never showed usage (the client hung up before the headers, the stream broke before
+`message_start`) is charged an estimate of its input, flagged `estimated`. Everything is written in one
+pipeline from a background task, so the stream's last chunk (which mitmproxy holds until the response
+hook returns) is never delayed by the store.
 """
 
 from __future__ import annotations
@@ -43,6 +46,20 @@ class _Tap:
         return chunk
 
 
+def was_dispatched(flow: http.HTTPFlow) -> bool:
+    """Whether the request went upstream. Right before sending it, mitmproxy sets `flow.server_conn` to the
+    connection it sends it on, new or kept alive, so opened (`timestamp_start`) without error. Until then the
+    flow holds the relay's reverse target (a dead end never opened: `relay serve` runs with
+    connection_strategy=lazy) or the Router's unopened `Server`. A flag from the last request hook would not
+    do: a client that leaves while a hook waits (the rate lock) is only noticed after the hooks returned."""
+    server = flow.server_conn
+    return server.timestamp_start is not None and server.error is None
+
+
+def _body_size(flow: http.HTTPFlow) -> int:
+    return len(flow.request.raw_content or b"")
+
+
 class Recorder:
     def __init__(self, shared: RelayRuntime) -> None:
         self.shared = shared
@@ -58,8 +75,9 @@ class Recorder:
         state = self._pending(flow)
         if state is None or flow.response is None or not state.route.is_metered:
             return
-        if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
-            state.meter = SseUsageMeter()
+        headers = flow.response.headers
+        if headers.get("content-type", "").startswith("text/event-stream"):
+            state.meter = SseUsageMeter(headers.get("content-encoding", ""))
             flow.response.stream = _Tap(state.meter)
 
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -69,22 +87,31 @@ class Recorder:
         settings = self.shared.current().settings
         status = flow.response.status_code
         usage = None
-        if state.route.is_metered and state.meter is not None:
-            usage = record_from_stream(state, state.meter, status, True, settings.price_overrides)
-        elif state.route.is_metered:
-            usage = record_from_body(state, flow.response.content, status, settings.price_overrides)
+        if state.route.is_metered:
+            received = _body_size(flow) if status < 400 else 0  # error answers are not billed
+            if state.meter is not None:
+                usage = record_from_stream(state, state.meter, status, True, settings.price_overrides, received)
+            else:  # undecodable content stays as it came: then only the estimate counts
+                body = flow.response.get_content(strict=False)
+                usage = record_from_body(state, body, status, settings.price_overrides, received)
         await self._record(state, usage, state.outcome)
 
     async def error(self, flow: http.HTTPFlow) -> None:
-        """Client gone or upstream died: keep what the stream already showed."""
+        """Client gone or upstream died: keep what the stream already showed, or estimate the input when the
+        upstream received the request. A client gone before that leaves nothing to record."""
         state = self._pending(flow)
         if state is None:
+            return
+        dispatched = was_dispatched(flow)
+        client_gone = flow.error is not None and "client disconnected" in flow.error.msg.lower()
+        if client_gone and not dispatched:
             return
         settings = self.shared.current().settings
         usage = None
         if state.route.is_metered:
-            usage = record_from_stream(state, state.meter or SseUsageMeter(), 502, False, settings.price_overrides)
-        client_gone = flow.error is not None and "client disconnected" in flow.error.msg.lower()
+            meter = state.meter or SseUsageMeter()
+            received = _body_size(flow) if dispatched else 0
+            usage = record_from_stream(state, meter, 502, False, settings.price_overrides, received)
         upstream_failed = flow.response is None and not client_gone
         await self._record(state, usage, Outcome(status=502, count_failure=True) if upstream_failed else None)
 

@@ -50,6 +50,13 @@ class ServiceEndpoints:
                 flow.response = http.Response.make(200, b'{"success":true}', JSON)
             case Route.HEALTH:
                 await self._health(flow)
+            case Route.BAD_PATH:
+                raise RelayError(
+                    400,
+                    "invalid_request_error",
+                    f"The request path {flow.request.path.partition('?')[0]!r} has a '.' or '..' segment or an "
+                    "encoded '/' or '\\'; the relay serves only plain paths.",
+                )
             case Route.UNKNOWN:
                 raise RelayError(
                     404, "not_found_error", f"The relay does not serve {flow.request.method} {flow.request.path}."

@@ -18,21 +18,47 @@ from relay_core.store import UsageRecord
 from relay_core.usage import TokenUsage
 
 CHARS_PER_TOKEN = 4
+BODY_BYTES_PER_TOKEN = 4
 
 
 def _clean_model(model: str | None) -> str:
     return (model or "unknown").replace("|", "_")[:120]
 
 
+def estimated_input_tokens(body_bytes: int) -> int:
+    """Input tokens of a request whose answer never showed its usage: one per 4 bytes of the JSON request body
+    (at least 1). English text runs about 4 characters a token; JSON punctuation, base64 images (billed by
+    their pixels) and a cached prompt (priced here as uncached input) make it an overcount, which is the
+    side to err on for a request the upstream may have billed."""
+    return max(1, body_bytes // BODY_BYTES_PER_TOKEN)
+
+
+def _estimate_unreported(usage: TokenUsage, received_bytes: int) -> bool:
+    """An answer that showed no usage at all, for a request the upstream received: charge its input."""
+    if received_bytes <= 0 or not usage.is_empty():
+        return False
+    usage.input_tokens = estimated_input_tokens(received_bytes)
+    return True
+
+
 def record_from_stream(
-    state: FlowState, meter: SseUsageMeter, status: int, complete: bool, overrides: dict[str, dict[str, float]]
+    state: FlowState,
+    meter: SseUsageMeter,
+    status: int,
+    complete: bool,
+    overrides: dict[str, dict[str, float]],
+    received_bytes: int = 0,
 ) -> UsageRecord:
-    """A stream's usage; when it was cut before `message_delta`, output is estimated from the text."""
+    """A stream's usage; when it was cut before `message_delta`, output is estimated from the text, and when it
+    showed none at all, input from the request (`received_bytes`: the body the upstream received, 0 when the
+    answer is an error the upstream does not bill, or the request never reached it)."""
     usage = meter.usage
     estimated = False
     if meter.saw_message_start and not meter.saw_message_delta and meter.output_chars:
         usage.output_tokens = max(usage.output_tokens, meter.output_chars // CHARS_PER_TOKEN)
         estimated = True
+    if meter.error is None:  # an `error` event is the upstream saying it failed, which it does not bill
+        estimated |= _estimate_unreported(usage, received_bytes)
     model = _clean_model(meter.model or state.request_model)
     return _record(
         state,
@@ -46,8 +72,13 @@ def record_from_stream(
 
 
 def record_from_body(
-    state: FlowState, body: bytes | None, status: int, overrides: dict[str, dict[str, float]]
+    state: FlowState,
+    body: bytes | None,
+    status: int,
+    overrides: dict[str, dict[str, float]],
+    received_bytes: int = 0,
 ) -> UsageRecord:
+    """A JSON answer's usage (`received_bytes` as for `record_from_stream`)."""
     usage = TokenUsage()
     model = state.request_model
     try:
@@ -58,7 +89,8 @@ def record_from_body(
         usage.merge(payload.get("usage"))
         if isinstance(payload.get("model"), str):
             model = payload["model"]
-    return _record(state, _clean_model(model), usage, overrides, failed=status >= 400)
+    estimated = _estimate_unreported(usage, received_bytes)
+    return _record(state, _clean_model(model), usage, overrides, failed=status >= 400, estimated=estimated)
 
 
 def _record(

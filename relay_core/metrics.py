@@ -94,8 +94,8 @@ class RelayMetrics:
         )
         self.third_party = Counter(
             "relay_upstream_third_party_refusals",
-            "Upstream 400s refusing a request as not from Claude Code (\"Third-party apps now draw from your "
-            "extra usage\"), by account: a client the relay took for Claude Code, or an allowed other client.",
+            'Upstream 400s refusing a request as not from Claude Code ("Third-party apps now draw from your '
+            'extra usage"), by account: a client the relay took for Claude Code, or an allowed other client.',
             ["account"],
             registry=self.registry,
         )

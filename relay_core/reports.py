@@ -63,6 +63,7 @@ def usage_rows(
         row["cache_creation_input_tokens"] = counts["cache_write_5m_tokens"] + counts["cache_write_1h_tokens"]
         row["partial"] = counts["partial"]
         row["unpriced"] = counts["unpriced"]
+        row["estimated"] = counts["estimated"]
         row["cost_usd"] = float(Decimal(counts["cost_nanousd"]) / NANOS_PER_USD)
         rows.append(row)
     return rows

@@ -43,6 +43,7 @@ from typing import Any
 import anthropic
 import redis
 
+from relay_core.metering import estimated_input_tokens
 from relay_core.pricing import price_usd
 from relay_core.usage import TokenUsage
 from tests.support.admin import Admin
@@ -151,6 +152,17 @@ def reported_usage(sent: Sent) -> tuple[TokenUsage, str]:
             text_chars += len(event["delta"]["text"])
     if saw_start and not saw_delta and text_chars:
         usage.output_tokens = max(usage.output_tokens, text_chars // CHARS_PER_TOKEN)
+    return usage, model
+
+
+def counted_usage(seen: Seen, sent: Sent | None) -> tuple[TokenUsage, str]:
+    """What the relay counts for a request the upstream received: what the answer reported, or, when a
+    successful answer showed no usage (the client hung up before the headers, or the stream broke before
+    `message_start` without an `error` event), the documented estimate of its input."""
+    usage, model = reported_usage(sent) if sent is not None else (TokenUsage(), seen.json()["model"])
+    failed = sent is not None and (sent.status != 200 or any(b"event: error" in chunk for chunk in sent.chunks))
+    if usage.is_empty() and not failed:
+        usage.input_tokens = estimated_input_tokens(len(seen.body))
     return usage, model
 
 
@@ -385,10 +397,11 @@ def test_soak_mixed_traffic_leaves_nothing_held_and_counts_every_token(
     assert not held_out, f"client hang-ups that did not close the upstream connection: {held_out}"
     expected = {"key": defaultdict(TokenUsage), "account": defaultdict(TokenUsage)}
     expected_cost: dict[str, Decimal] = defaultdict(Decimal)
-    for sent in ledger:
-        usage, model = reported_usage(sent)
-        key_name = sent.seen.json()["metadata"]["user_id"].split("|")[1]
-        credential = sent.seen.headers.get("authorization") or sent.seen.headers["x-api-key"]
+    answers = {id(sent.seen): sent for sent in ledger}
+    for seen in upstream.requests:
+        usage, model = counted_usage(seen, answers.get(id(seen)))
+        key_name = seen.json()["metadata"]["user_id"].split("|")[1]
+        credential = seen.headers.get("authorization") or seen.headers["x-api-key"]
         for group, name in (("key", key_name), ("account", credential_account[credential])):
             total = expected[group][name]
             for field in TOKEN_NAMES:
