@@ -46,10 +46,11 @@ class Failover:
             return
         runtime = self.shared.current()
         response = flow.response
+        body = response.get_content(strict=False) if state.meter is None else None  # a stream's went by
         state.outcome = judge(
             response.status_code,
             response.headers,
-            response.content if state.meter is None else None,
+            body,
             state.account.kind,
             runtime.settings.health_rules,
             allow_extra_usage=state.account.allow_extra_usage,
@@ -61,7 +62,7 @@ class Failover:
         )
         refusal = await self._refreshed(state, runtime) or self._refusal(state)
         try:
-            usage = record_from_body(state, response.content, response.status_code, runtime.settings.price_overrides)
+            usage = record_from_body(state, body, response.status_code, runtime.settings.price_overrides)
             await runtime.store.record_completion(
                 state.account.id,
                 state.outcome,

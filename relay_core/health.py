@@ -82,16 +82,20 @@ class AccountHealth:
     def serves(self, family: str, now: float) -> bool:
         return self.state is AccountState.OK and self.cooling_until(family, now) is None
 
-    def near_limit(self, threshold: float) -> bool:
-        """allowed_warning or a window close to full: prefer other accounts while there are some."""
-        if self.rate_limits.get("rl_status") == "allowed_warning":
+    def near_limit(self, threshold: float, now: float) -> bool:
+        """allowed_warning or a window close to full: prefer other accounts while there are some. A reading
+        whose window has reset since (its reset time passed) says nothing about the account any more."""
+        limits = self.rate_limits
+        if limits.get("rl_status") == "allowed_warning" and not _passed(limits.get("rl_reset"), now):
             return True
-        for name in ("rl_5h_utilization", "rl_7d_utilization"):
-            try:
-                if float(self.rate_limits.get(name, "0")) >= threshold:
-                    return True
-            except ValueError:
-                continue
+        for window in ("5h", "7d"):
+            utilization = _float(limits.get(f"rl_{window}_utilization"))
+            if (
+                utilization is not None
+                and utilization >= threshold
+                and not _passed(limits.get(f"rl_{window}_reset"), now)
+            ):
+                return True
         return False
 
 
@@ -219,6 +223,11 @@ def _rest_until_plan_resets(outcome: Outcome, headers: Mapping[str, str], rules:
     outcome.cool_family = CLAIM_FAMILY.get(headers.get(UNIFIED + "representative-claim", ""), ALL_MODELS)
     outcome.cool_until = min(reset, now + rules.max_cooldown_s)
     outcome.reason = "spending extra usage (overage) until its plan limits reset; `--allow-extra-usage` keeps it in"
+
+
+def _passed(reset: str | None, now: float) -> bool:
+    at = _float(reset)
+    return at is not None and at <= now
 
 
 def _float(value: str | None) -> float | None:

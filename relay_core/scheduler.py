@@ -66,7 +66,7 @@ def choose_account(
     for account in usable:
         if account.id == sticky:
             return account
-    relaxed = [a for a in usable if not health.get(a.id, HEALTHY).near_limit(warning_utilization)] or usable
+    relaxed = [a for a in usable if not health.get(a.id, HEALTHY).near_limit(warning_utilization, now)] or usable
     top = max(a.priority for a in relaxed)
     tier = [a for a in relaxed if a.priority == top]
     return (rng or random).choices(tier, weights=[a.weight for a in tier])[0]

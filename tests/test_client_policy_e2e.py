@@ -102,6 +102,8 @@ def test_an_account_spending_extra_usage_gets_no_traffic_until_its_reset_unless_
         U + "status": "allowed",
         U + "reset": str(reset_at),
         U + "representative-claim": "five_hour",
+        U + "5h-utilization": "1.02",  # full, until the same reset: then it no longer makes the account a last resort
+        U + "5h-reset": str(reset_at),
         U + "overage-status": "allowed",
         U + "overage-in-use": "true",
     }

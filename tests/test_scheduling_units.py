@@ -103,7 +103,7 @@ def test_success_snapshots_the_unified_headers() -> None:
         "rl_5h_utilization": "0.93",
         "rl_7d_reset": "1800000000",
     }
-    assert AccountHealth(rate_limits=outcome.rate_limits).near_limit(0.9)
+    assert AccountHealth(rate_limits=outcome.rate_limits).near_limit(0.9, NOW)
 
 
 def test_model_family() -> None:
@@ -146,6 +146,21 @@ def test_near_limit_accounts_are_a_last_resort() -> None:
     health = {"warn": AccountHealth(rate_limits={"rl_status": "allowed_warning"})}
     assert choose_account(accounts, health, KEY, "m", NOW).name == "calm"
     assert choose_account(accounts[:1], health, KEY, "m", NOW).name == "warn"
+
+
+def test_a_near_limit_reading_ends_with_its_window() -> None:
+    full_5h = {"rl_5h_utilization": "1.02", "rl_5h_reset": str(NOW + 60)}
+    assert AccountHealth(rate_limits=full_5h).near_limit(0.9, NOW)
+    assert not AccountHealth(rate_limits=full_5h).near_limit(0.9, NOW + 61)
+    warned = {"rl_status": "allowed_warning", "rl_reset": str(NOW + 60), "rl_7d_utilization": "0.5"}
+    assert AccountHealth(rate_limits=warned).near_limit(0.9, NOW)
+    assert not AccountHealth(rate_limits=warned).near_limit(0.9, NOW + 61)
+    no_reset = {"rl_7d_utilization": "0.95"}  # no reset known: the reading stands
+    assert AccountHealth(rate_limits=no_reset).near_limit(0.9, NOW + 10**6)
+    accounts = [account("was-full", priority=90), account("calm", priority=10)]
+    health = {"was-full": AccountHealth(rate_limits=full_5h)}
+    assert choose_account(accounts, health, KEY, "m", NOW).name == "calm"
+    assert choose_account(accounts, health, KEY, "m", NOW + 61).name == "was-full"
 
 
 def test_key_binding_to_account_or_group() -> None:

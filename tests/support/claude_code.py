@@ -27,6 +27,7 @@ from typing import Any
 
 from tests.support.fake_upstream import Reply
 from tests.support.fake_upstream import Seen
+from tests.support.fake_upstream import message_start_event
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ROOT / "tests" / "clients"
@@ -308,26 +309,7 @@ def message_stream(
     """A Messages SSE stream: message_start (input and cache usage, output 1), each block as start, deltas
     and stop, message_delta with the cumulative usage, message_stop. A block is {"text": str} or
     {"tool_use": {"id", "name", "input"}}; tool input arrives as input_json_delta pieces."""
-    start_usage = {**used, "output_tokens": 1}
-    frames = [
-        _frame(
-            "message_start",
-            {
-                "type": "message_start",
-                "message": {
-                    "id": message_id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": model,
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": start_usage,
-                },
-            },
-        ),
-        _frame("ping", {"type": "ping"}),
-    ]
+    frames = [_frame("message_start", message_start_event(model, used, message_id)), _frame("ping", {"type": "ping"})]
     for index, block in enumerate(blocks):
         if "text" in block:
             frames.append(

@@ -81,26 +81,27 @@ DEFAULT_USAGE = {
 }
 
 
+def message_start_event(model: str, usage: dict[str, Any], message_id: str = "msg_fake") -> dict[str, Any]:
+    """The stream's first event: the input and cache counts, and 1 output token so far."""
+    return {
+        "type": "message_start",
+        "message": {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {**usage, "output_tokens": 1},
+        },
+    }
+
+
 def sse_frames(model: str, usage: dict[str, Any], text: str = "Hello from the fake upstream!") -> list[bytes]:
     """A format-accurate Messages stream: message_start carries input/cache usage, message_delta the total."""
-    start_usage = {**usage, "output_tokens": 1}
     events: list[tuple[str, dict[str, Any]]] = [
-        (
-            "message_start",
-            {
-                "type": "message_start",
-                "message": {
-                    "id": "msg_fake",
-                    "type": "message",
-                    "role": "assistant",
-                    "model": model,
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": start_usage,
-                },
-            },
-        ),
+        ("message_start", message_start_event(model, usage)),
         (
             "content_block_start",
             {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
