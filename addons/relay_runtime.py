@@ -9,6 +9,7 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 
 from addons.fail_closed_gate import FailClosedGate
+from relay_core.pricing import load_prices
 from relay_core.runtime import Runtime
 from relay_core.runtime import SecretMismatchError
 from relay_core.runtime import load_settings
@@ -56,6 +57,7 @@ class RelayRuntime:
             ctx.master.shutdown()
             return
         self.current().start_background()
+        load_prices()
         if ctx.master.addons.get("failclosedgate") is None:
             # Appended now, after every other addon, as its own chain entry: whatever failed before it
             # (a hook that raised, another script's addon, a router that never ran), no unrouted flow leaves.

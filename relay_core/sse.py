@@ -120,12 +120,13 @@ class SseUsageMeter:
         self.saw_message_delta = False
         self.saw_message_stop = False
         self.output_chars = 0
-        self._pending = b""
+        self._pending = bytearray()
         self._decode = body_decoder(content_encoding)
 
     def feed(self, chunk: bytes) -> None:
         if not chunk:
-            tail, self._pending = self._pending, b""
+            tail = bytes(self._pending)
+            self._pending.clear()
             if tail.strip():
                 self._on_frame(tail)
         elif self._decode is None:
@@ -136,14 +137,21 @@ class SseUsageMeter:
                     self._take(piece)
 
     def _take(self, data: bytes) -> None:
-        self._pending += data
-        start = 0
-        for match in _FRAME_END.finditer(self._pending):
-            self._on_frame(self._pending[start : match.start()])
-            start = match.end()
-        self._pending = self._pending[start:]
-        if len(self._pending) > MAX_PENDING_BYTES:  # not SSE after all; stop buffering
-            self._pending = b""
+        """Linear in the stream's size, however a large event is cut: only the new bytes (and the 3 before
+        them, where a frame end may begin) are searched, and a partial frame is appended to, never copied."""
+        pending = self._pending
+        scan_from = max(0, len(pending) - 3)
+        pending += data
+        # Inside a long event there is no frame end; bytes.find says so several times faster than the regex.
+        if pending.find(b"\n\n", scan_from) >= 0 or pending.find(b"\r", scan_from) >= 0:
+            start = 0
+            for match in _FRAME_END.finditer(pending, scan_from):
+                self._on_frame(bytes(pending[start : match.start()]))
+                start = match.end()
+            if start:
+                del pending[:start]
+        if len(pending) > MAX_PENDING_BYTES:  # not SSE after all, or an event too large to meter; stop buffering
+            pending.clear()
 
     def _on_frame(self, frame: bytes) -> None:
         data_lines = [line[5:].removeprefix(b" ") for line in frame.splitlines() if line.startswith(b"data:")]

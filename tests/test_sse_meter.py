@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from hypothesis import given
 from hypothesis import settings
@@ -108,3 +109,26 @@ def test_cut_stream_counts_text_for_an_estimate() -> None:
     assert meter.saw_message_start and not meter.saw_message_delta
     assert meter.usage.input_tokens == 1234
     assert meter.output_chars > 0
+
+
+def _one_huge_event_stream(size: int) -> bytes:
+    text = json.dumps({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x" * size}})
+    return b"".join(
+        [
+            sse_frames("claude-opus-4-8", OPUS_EXAMPLE_USAGE)[0],  # message_start
+            b"event: content_block_delta\ndata: " + text.encode() + b"\n\n",
+            *sse_frames("claude-opus-4-8", OPUS_EXAMPLE_USAGE)[-3:],  # block stop, message_delta, message_stop
+        ]
+    )
+
+
+def test_a_16_mib_event_is_metered_in_linear_time() -> None:
+    """Each chunk is searched once: the meter used to rescan the whole pending event per chunk (42 s here)."""
+    stream = _one_huge_event_stream(16 * 1024 * 1024)
+    meter = SseUsageMeter()
+    started = time.process_time()
+    for at in range(0, len(stream), 16384):
+        meter.feed(stream[at : at + 16384])
+    meter.feed(b"")
+    assert time.process_time() - started < 0.5
+    assert meter.usage.counters() == EXPECTED and meter.saw_message_stop
