@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from mitmproxy import http
 
@@ -12,6 +13,8 @@ from addons.common import pending_state
 from addons.relay_runtime import RelayRuntime
 from relay_core.errors import store_unavailable
 from relay_core.errors import unauthenticated
+from relay_core.limits import expired_refused
+from relay_core.limits import key_expired
 from relay_core.reports import key_report
 from relay_core.reports import limits_view
 from relay_core.routes import Route
@@ -35,6 +38,11 @@ class SelfService:
             key = await runtime.store.key_by_hash(runtime.keyring.hash_team_key(secret))
             if key is None:
                 raise unauthenticated("Invalid team key.")
+            if not key.enabled:
+                raise unauthenticated(f"Team key {key.name!r} is disabled. Ask your relay admin to enable it.")
+            first_use = await runtime.store.first_use(key.id) if key.limits.expires_after_days else None
+            if key_expired(key, time.time(), first_use):
+                raise expired_refused(key)
             report = {
                 "key": key.name,
                 "enabled": key.enabled,

@@ -59,7 +59,7 @@ def account_view(account: Account, health: AccountHealth | None = None, requests
         "priority": account.priority,
         "weight": account.weight,
         "groups": ",".join(account.groups) or None,
-        "base_url": account.base_url or "(default)",
+        "base_url": masked_url(account.base_url) or "(default)",
         "proxy": masked_url(account.proxy),
         "email": account.email,
         "organization": account.organization,

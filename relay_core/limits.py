@@ -71,12 +71,7 @@ def refusal_error(key: TeamKey, refusal: list[str], now_periods: Mapping[str, Pe
     if kind == "client":
         return claude_code_only_refused(key)
     if kind == "expired":
-        return RelayError(
-            401,
-            "authentication_error",
-            f"Team key {key.name!r} has expired. Ask your relay admin for a new one.",
-            should_retry=False,
-        )
+        return expired_refused(key)
     if kind == "window":
         seconds, what, retry = int(refusal[1]), refusal[2], int(refusal[3])
         window = next((w for w in key.limits.windows if w.seconds == seconds), None)
@@ -97,6 +92,24 @@ def refusal_error(key: TeamKey, refusal: list[str], now_periods: Mapping[str, Pe
         "billing_error",
         f"Team key {key.name!r} has used its {period} budget of {usd(budget)} ({usd(spent)} spent).{when}",
         retry_after=max(1, math.ceil(resets_at - now)) if resets_at else None,
+        should_retry=False,
+    )
+
+
+def key_expired(key: TeamKey, now: float, first_use: float | None) -> bool:
+    """The rule the admission script applies: a fixed last moment, or N days after the key's first use."""
+    limits = key.limits
+    if limits.expires_at is not None and now >= limits.expires_at:
+        return True
+    days = limits.expires_after_days
+    return days is not None and first_use is not None and now >= first_use + days * 86400
+
+
+def expired_refused(key: TeamKey) -> RelayError:
+    return RelayError(
+        401,
+        "authentication_error",
+        f"Team key {key.name!r} has expired. Ask your relay admin for a new one.",
         should_retry=False,
     )
 

@@ -636,6 +636,11 @@ class Store:
             refusal=[part.decode() if isinstance(part, bytes) else str(part) for part in refusal] if refusal else None,
         )
 
+    async def first_use(self, key_id: str) -> float | None:
+        """When the key was first admitted (set by the admission script for keys that expire N days after)."""
+        value = await self._call(self.redis.get(f"{self.tag}:first_use:{key_id}"))
+        return float(value) if value else None
+
     def _sticky(self, binding: StickyBinding) -> str:
         return f"{self.tag}:sticky:{binding.key_id}:{binding.session}"
 

@@ -185,3 +185,24 @@ def test_account_flags_for_extra_usage_and_other_clients(data_dir: Path) -> None
     assert refused.exit_code == 2 and "subscription (OAuth) accounts" in refused.output
     unchanged = json.loads(relay("accounts", "show", "c1", "--format", "json"))
     assert (unchanged["allow_other_clients"], unchanged["priority"]) == (False, 50)
+
+
+def test_base_url_and_proxy_credentials_are_masked_in_every_view(data_dir: Path) -> None:
+    relay(
+        "accounts",
+        "add-console",
+        "gateway",
+        "--api-key",
+        "sk-ant-api03-k",
+        "--base-url",
+        "https://relay-user:BASEPASS@gw.example/anthropic?api_key=QUERYSECRET",
+        "--proxy",
+        "http://proxy-user:PROXYPASS@127.0.0.1:3128",
+    )
+    out = relay("accounts", "list") + relay("accounts", "show", "gateway")
+    shown = json.loads(relay("accounts", "show", "gateway", "--format", "json"))
+    out += json.dumps(shown)
+    for secret in ("BASEPASS", "QUERYSECRET", "PROXYPASS"):
+        assert secret not in out
+    assert shown["base_url"].startswith("https://relay-user:***@gw.example/anthropic")
+    assert shown["proxy"] == "http://proxy-user:***@127.0.0.1:3128"

@@ -284,3 +284,38 @@ def test_keys_show_puts_limits_next_to_consumption(
     assert shown["used"]["spend_usd"]["day"] == pytest.approx(OPUS_EXAMPLE_COST)
     assert shown["used"]["windows"][0]["requests"] >= 1
     assert created["key"] not in json.dumps(shown)
+
+
+def test_self_service_refuses_disabled_and_expired_keys(
+    relay: RelayProcess, admin: Admin, upstream: FakeUpstream
+) -> None:
+    key = admin.create_key("me")
+    admin.add_account("console-1", "sk-ant-api03-k")
+
+    def usage_status() -> tuple[int, str]:
+        request = urllib.request.Request(relay.url + "/relay/usage", headers={"x-api-key": key})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, ""
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())["error"]["message"]
+
+    assert usage_status() == (200, "")
+    admin.set_key_enabled("me", False)
+    assert usage_status() == (401, "Team key 'me' is disabled. Ask your relay admin to enable it.")
+    admin.set_key_enabled("me", True)
+    admin.update_key("me", lambda k: setattr(k.limits, "expires_at", time.time() - 1))
+    assert usage_status()[0] == 401 and "has expired" in usage_status()[1]
+    admin.update_key(
+        "me", lambda k: (setattr(k.limits, "expires_at", None), setattr(k.limits, "expires_after_days", 2))
+    )
+    assert post(relay, key)[0] == 200  # the first use starts the key's days
+    assert usage_status() == (200, "")
+
+    async def age_first_use(rt) -> None:
+        found = await rt.store.find_key("me")
+        await rt.store.redis.set(f"{rt.store.tag}:first_use:{found.id}", int(time.time()) - 3 * 86400)
+
+    admin._run(age_first_use)
+    assert usage_status()[0] == 401
+    assert post(relay, key)[0] == 401  # the same rule as admission
