@@ -32,6 +32,7 @@ from relay_core.metering import record_from_body
 from relay_core.metering import record_from_stream
 from relay_core.metrics import CONTENT_TYPE
 from relay_core.metrics import RelayMetrics
+from relay_core.metrics import is_loopback
 from relay_core.sse import SseUsageMeter
 from relay_core.store import UsageRecord
 
@@ -41,10 +42,11 @@ METRICS_PATH = "/metrics"
 TIMING_KEY = "relay.metrics"
 
 
-def metrics_authorized(authorization: str | None, token: str | None) -> bool:
-    """Without a token /metrics is open (a scraper on a private network); with one it needs that bearer."""
+def metrics_authorized(authorization: str | None, token: str | None, from_loopback: bool = True) -> bool:
+    """With a token /metrics needs that bearer. Without one it answers only on this machine: every key's name
+    and spend is no business of whoever else can reach the port."""
     if token is None:
-        return True
+        return from_loopback
     scheme, _, given = (authorization or "").strip().partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
@@ -187,7 +189,19 @@ class Metrics:
         if flow.request.method != "GET" or flow.request.path.split("?", 1)[0] != METRICS_PATH:
             return
         try:
-            if not metrics_authorized(flow.request.headers.get("authorization"), self._token):
+            local = is_loopback(flow.client_conn.peername[0] if flow.client_conn.peername else "")
+            if self._token is None and not local:
+                refuse(
+                    flow,
+                    RelayError(
+                        403,
+                        "permission_error",
+                        "GET /metrics answers clients beyond this machine only with a token: set the relay's "
+                        "metrics_token (RELAY_METRICS_TOKEN) and scrape with Authorization: Bearer TOKEN.",
+                    ),
+                )
+                return
+            if not metrics_authorized(flow.request.headers.get("authorization"), self._token, local):
                 refuse(flow, RelayError(401, "authentication_error", "GET /metrics needs the relay's metrics token."))
                 assert flow.response is not None
                 flow.response.headers["www-authenticate"] = 'Bearer realm="relay metrics"'

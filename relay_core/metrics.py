@@ -9,6 +9,7 @@ rest are counted as `other` instead of growing the exposition without bound.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from decimal import Decimal
@@ -40,6 +41,17 @@ TOKEN_KINDS = {
     "cache_write_5m": "cache_write_5m_tokens",
     "cache_write_1h": "cache_write_1h_tokens",
 }
+
+
+def is_loopback(host: str) -> bool:
+    """A peer on this machine (127.0.0.0/8, ::1, or either as an IPv4-mapped IPv6 address)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def model_id(model: str | None) -> str:

@@ -31,6 +31,7 @@ from relay_core.flow_state import METADATA_KEY
 from relay_core.flow_state import FlowState
 from relay_core.metrics import CONTENT_TYPE
 from relay_core.metrics import RelayMetrics
+from relay_core.metrics import is_loopback
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import TeamKey
@@ -173,6 +174,28 @@ def test_metrics_authorized() -> None:
     assert not metrics_authorized("Bearer wrong", "s3cret")
     assert not metrics_authorized("Basic s3cret", "s3cret")
     assert not metrics_authorized("s3cret", "s3cret")
+    # Without a token, only this machine may read every key's name and spend.
+    assert not metrics_authorized(None, None, from_loopback=False)
+    assert metrics_authorized("Bearer s3cret", "s3cret", from_loopback=False)
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.0.0.5", False),
+        ("192.168.1.2", False),
+        ("::ffff:10.0.0.5", False),
+        ("2001:db8::1", False),
+        ("", False),
+        ("not-an-address", False),
+    ],
+)
+def test_only_loopback_peers_count_as_this_machine(host: str, local: bool) -> None:
+    assert is_loopback(host) is local
 
 
 def test_endpoint_is_open_without_a_token() -> None:
@@ -440,3 +463,18 @@ def test_sign_in_ends_reach_metrics_under_relay_serve(start_relay, admin: Admin)
         time.sleep(0.1)
     assert gauge() == {"max-1": pytest.approx(ends_at), "max-2": pytest.approx(ends_at + 86400)}
     assert "tok-max" not in scrape(relay)[2]
+
+
+def test_metrics_without_a_token_are_refused_to_a_peer_beyond_this_machine() -> None:
+    metrics = Metrics(RelayRuntime())
+    answers = {}
+    for peer in ("10.0.0.5", "127.0.0.1"):
+        flow = tflow.tflow()
+        flow.request.method, flow.request.path = "GET", "/metrics"
+        flow.client_conn.peername = (peer, 40000)
+        metrics.requestheaders(flow)
+        assert flow.response is not None
+        answers[peer] = (flow.response.status_code, flow.response.content)
+    status, body = answers["10.0.0.5"]
+    assert status == 403 and b"metrics_token" in body and b"relay_requests" not in body
+    assert answers["127.0.0.1"][0] == 200 and b"relay_requests" in answers["127.0.0.1"][1]
