@@ -36,6 +36,8 @@ ERROR_TYPES = {400: "invalid_request_error", 408: "timeout_error", 413: "request
 def anthropic_error_response(status_code: int, message: str = "") -> bytes:
     if status_code >= 500:
         text = "The relay could not get an answer from the upstream; retrying may use another account."
+    elif status_code == 413:  # mitmproxy stopped reading at body_size_limit, which the relay sets to max_body_bytes
+        text = "The request body is larger than the relay accepts (its max_body_bytes setting)."
     else:
         text = f"The relay could not read this request: {message.split(' (', 1)[0]}"
     request_id = new_request_id()

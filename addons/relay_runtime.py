@@ -58,6 +58,10 @@ class RelayRuntime:
             return
         self.current().start_background()
         load_prices()
+        if not ctx.options.body_size_limit:
+            # mitmproxy buffers a request's body even after a hook refused it from its headers; this stops the
+            # read at the relay's limit, so no client (with a key or without) costs more than that in memory.
+            ctx.options.update(body_size_limit=str(self.current().settings.max_body_bytes))
         if ctx.master.addons.get("failclosedgate") is None:
             # Appended now, after every other addon, as its own chain entry: whatever failed before it
             # (a hook that raised, another script's addon, a router that never ran), no unrouted flow leaves.

@@ -3,6 +3,7 @@ never a request upstream without a valid key, and recovery without a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -410,3 +411,47 @@ def test_a_16_mib_sse_event_costs_the_relay_under_half_a_second_of_cpu(
     assert (row["input_tokens"], row["output_tokens"]) == (1234, 321)
     print(f"relay CPU for one 16 MiB event: {spent:.2f} s")
     assert spent < 0.5, f"the relay spent {spent:.2f} s of CPU on one 16 MiB event"
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _upload(port: int, head: bytes, chunked: bool, total: int) -> bytes:
+    """Send up to `total` bytes of body (chunked, or with its length in `head`) until the relay stops reading,
+    then read its answer's head."""
+    piece = b"x" * 65536
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.sendall(head)
+        sent = 0
+        with contextlib.suppress(OSError):  # the relay stopped reading: the send times out
+            while sent < total:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                sent += len(piece)
+        sock.settimeout(10)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+        return answer
+
+
+def test_unauthenticated_uploads_cost_at_most_the_body_limit_in_memory(start_relay) -> None:
+    relay = start_relay(RELAY_MAX_BODY_BYTES=str(4 * 1024 * 1024))
+    before = _rss_mib(relay.pid)
+    size = 200 * 1024 * 1024
+    heads = [
+        b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\ncontent-length: %d\r\n\r\n" % size,
+    ] * 2
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda head: _upload(relay.port, head, b"chunked" in head, size), heads))
+    grew = _rss_mib(relay.pid) - before
+    print(f"relay RSS grew by {grew:.1f} MiB for 4 refused 200 MiB uploads")
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"request_too_large" in answer and b"max_body_bytes" in answer
+    assert grew < 50, f"relay RSS grew by {grew:.0f} MiB for 4 refused 200 MiB uploads"
+    assert urllib.request.urlopen(relay.url + "/health", timeout=5).status == 200
