@@ -36,7 +36,9 @@ class MessageRequest:
             return bool(content.strip())
         if not isinstance(content, list):
             return False
-        kinds = {block.get("type") for block in content if isinstance(block, dict)}
+        kinds = {
+            block.get("type") for block in content if isinstance(block, dict) and isinstance(block.get("type"), str)
+        }
         return "tool_result" not in kinds and bool(kinds & HUMAN_BLOCKS)
 
 
@@ -120,6 +122,8 @@ def parse_message_request(raw: bytes) -> MessageRequest:
         body = parse_json_body(raw)
     except (ValueError, UnicodeDecodeError):
         raise RelayError(400, "invalid_request_error", "The request body is not valid JSON.") from None
+    except RecursionError:  # JSON nested deeper than Python's parser goes: no real request is
+        raise RelayError(400, "invalid_request_error", "The request body is nested too deeply.") from None
     if not isinstance(body, dict):
         raise RelayError(400, "invalid_request_error", "The request body must be a JSON object.")
     model = body.get("model")

@@ -179,3 +179,21 @@ def test_dot_segments_and_encoded_separators_get_400_before_auth(
 )
 def test_classify_path_rules(path: str, route: Route) -> None:
     assert classify("GET", path) is route
+
+
+# --- malformed bodies --------------------------------------------------------------------------------------
+
+
+def test_malformed_bodies_get_400_or_pass_never_500(relay: RelayProcess, admin: Admin, upstream: FakeUpstream) -> None:
+    key = admin.create_key("team")
+    admin.add_account("console-1", "sk-ant-api03-k")
+    headers = {"x-api-key": key, "content-type": "application/json"}
+    deep = b'{"model":"claude-sonnet-4-5","max_tokens":5,"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, answer = exchange(relay, "POST", "/v1/messages", headers, deep)
+    assert (status, answer["error"]["type"]) == (400, "invalid_request_error")
+    assert "nested too deeply" in answer["error"]["message"]
+    assert upstream.requests == []
+    # A content block whose type is not a string is the upstream's to judge; the relay does not fail on it.
+    odd = b'{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{"role":"user","content":[{"type":["text"]}]}]}'
+    assert exchange(relay, "POST", "/v1/messages", headers, odd)[0] == 200
+    assert len(upstream.requests) == 1
