@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import json.decoder
 import json.scanner
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from relay_core.errors import RelayError
 
 HUMAN_BLOCKS = frozenset({"text", "image", "document"})
+# Every model id any provider uses fits this (`claude-sonnet-4-5[1m]`, `us.anthropic.claude-…:0`); anything else
+# is refused before it becomes a usage field, a metrics label or a log value.
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/\[\]-]{0,199}")
 # Top-level fields no relay rule reads: parsed without the duplicate-key check, which roughly doubles the
 # parse time of each JSON object (see `_unique`); Claude Code's tool definitions hold half a body's objects.
 UNREAD_FIELDS = frozenset({"tools"})
@@ -129,6 +133,12 @@ def parse_message_request(raw: bytes) -> MessageRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise RelayError(400, "invalid_request_error", "model: Field required (a model id string).")
+    if not MODEL_ID.fullmatch(model):
+        raise RelayError(
+            400,
+            "invalid_request_error",
+            "model: not a model id (up to 200 letters, digits and . _ - : @ / [ ]).",
+        )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RelayError(400, "invalid_request_error", "stream: Input should be a valid boolean.")

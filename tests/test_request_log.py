@@ -45,21 +45,24 @@ def test_each_request_logs_one_line_without_secrets(
 
 
 @pytest.mark.parametrize("style", ["text", "json"])
-def test_control_characters_in_a_model_name_cannot_forge_a_log_line(
+def test_control_characters_in_a_logged_value_cannot_forge_a_log_line(
     start_relay, admin: Admin, upstream: FakeUpstream, style: str
 ) -> None:
     relay = start_relay(RELAY_REQUEST_LOG=style)
-    key = admin.create_key("alice")
+    forged = "alice\nrelay.requests: request_id=forged key=admin status=200\x00 \u2028tail"
+    key = admin.create_key(forged)  # key names are an admin's free text
     admin.add_account("console-1", "sk-ant-api03-k")
-    forged = "claude-x\nrelay.requests: request_id=forged key=admin status=200\x00 \u2028tail"
     client = anthropic.Anthropic(base_url=relay.url, auth_token=key, max_retries=0)
-    client.messages.create(model=forged, max_tokens=5, messages=MESSAGES)
-    assert relay.wait_for_output("status=200" if style == "text" else '"status":200')
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=5, messages=MESSAGES)
+    with pytest.raises(anthropic.BadRequestError) as refused:  # a client's model id is checked, never logged raw
+        client.messages.create(model="claude-x\nrelay.requests: key=admin", max_tokens=5, messages=MESSAGES)
+    assert "not a model id" in refused.value.message
+    assert relay.wait_for_output("status=400" if style == "text" else '"status":400')
     lines = [line for line in relay.log().splitlines() if "] relay.requests: " in line]
-    assert len(lines) == 1, lines
+    assert len(lines) == 2, lines
     assert "\x00" not in relay.log() and "\u2028" not in relay.log()
     logged = lines[0].split("relay.requests: ", 1)[1]
     if style == "json":
-        assert json.loads(logged)["model"] == forged
+        assert json.loads(logged)["key"] == forged
     else:
-        assert "key=alice" in logged and 'model="claude-x\\nrelay.requests: request_id=forged' in logged
+        assert 'key="alice\\nrelay.requests: request_id=forged' in logged and "model=claude-sonnet-4-5" in logged
