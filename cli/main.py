@@ -10,6 +10,7 @@ from cli.doctor import doctor
 from cli.doctor import status
 from cli.keys import keys
 from cli.serve import serve
+from cli.store import store
 from cli.usage import usage
 from cli.web import web
 
@@ -33,6 +34,7 @@ main.add_command(usage)
 main.add_command(web)
 main.add_command(status)
 main.add_command(doctor)
+main.add_command(store)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from click.testing import CliRunner
 
+from cli.main import main
 from relay_core.embedded_store import ensure_embedded_store
 from relay_core.embedded_store import server_pid
 from relay_core.embedded_store import socket_path
@@ -133,3 +136,22 @@ def test_the_relay_restarts_a_killed_store_within_five_seconds_with_no_command_r
     (new_pid,) = valkey_servers_of(data_dir)
     assert new_pid != pid
     assert "starting it again" in relay.log()
+
+
+def test_relay_store_status_and_stop(data_dir: Path) -> None:
+    env = {"RELAY_DATA_DIR": str(data_dir), "RELAY_REDIS_URL": ""}
+    runner = CliRunner()
+    stopped = runner.invoke(main, ["store", "status", "--format", "json"], env=env)
+    assert stopped.exit_code == 1 and json.loads(stopped.output)["running"] is False
+    assert valkey_servers_of(data_dir) == []  # status starts nothing
+
+    ensure_embedded_store(data_dir)
+    (pid,) = valkey_servers_of(data_dir)
+    running = runner.invoke(main, ["store", "status", "--format", "json"], env=env)
+    assert running.exit_code == 0 and json.loads(running.output)["pid"] == pid
+
+    assert runner.invoke(main, ["store", "stop"], env=env).output.strip() == "stopped"
+    assert valkey_servers_of(data_dir) == []
+    assert runner.invoke(main, ["store", "stop"], env=env).output.strip() == "not running"
+    remote = runner.invoke(main, ["store", "status"], env={**env, "RELAY_REDIS_URL": "redis://127.0.0.1:1"})
+    assert remote.exit_code == 1 and "not an embedded store" in remote.output

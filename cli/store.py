@@ -1,0 +1,56 @@
+"""`relay store status | stop`: the embedded Valkey of the data dir (nothing to do with a RELAY_REDIS_URL store)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cli.context import cli_settings
+from cli.output import emit_record
+from cli.output import format_option
+from relay_core.embedded_store import server_pid
+from relay_core.embedded_store import socket_path
+from relay_core.embedded_store import stop_embedded_store
+from relay_core.settings import Settings
+
+
+@click.group()
+def store() -> None:
+    """The embedded store (used when no RELAY_REDIS_URL is set)."""
+
+
+def _embedded() -> Settings:
+    settings = cli_settings()
+    if settings.redis_url:
+        raise click.ClickException("the relay uses RELAY_REDIS_URL, not an embedded store; manage that server itself")
+    return settings
+
+
+@store.command("status")
+@format_option()
+def store_status(fmt: str) -> None:
+    """Whether the data dir's store server runs (exit 1 when it does not). Starts nothing."""
+    settings = _embedded()
+    pid = server_pid(settings.data_dir)
+    emit_record(
+        {
+            "running": pid is not None,
+            "pid": pid,
+            "socket": str(socket_path(settings.data_dir)),
+            "data_dir": str(settings.data_dir),
+        },
+        fmt,
+    )
+    if pid is None:
+        sys.exit(1)
+
+
+@store.command("stop")
+def store_stop() -> None:
+    """Shut the store server down, saving its data. A running relay starts it again within a second."""
+    settings = _embedded()
+    if stop_embedded_store(settings.data_dir):
+        click.echo("stopped")
+    else:
+        click.echo("not running")
