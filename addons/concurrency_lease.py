@@ -1,4 +1,5 @@
-"""Gives back the key's concurrency lease (taken by Auth in the admission script) when a request ends.
+"""Gives back the key's concurrency lease (taken by Auth in the admission script) when a request ends,
+and a budget reservation (taken by the Router) that no usage record settled.
 
 Every flow ends in either `response` or `error` (client gone, upstream dead, refused locally), so
 the lease is released exactly once on every path; a dead relay's leases expire by their TTL.
@@ -32,10 +33,17 @@ class ConcurrencyLease:
 
     async def _release(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
-        if state is None or state.lease is None:
+        if state is None:
             return
-        state.lease = None
-        try:
-            await self.shared.current().leases.release(state.request_id)
-        except StoreError as exc:
-            logger.warning("could not release a concurrency lease (it expires by its TTL): %s", exc)
+        tokens = []
+        if state.lease is not None:
+            tokens.append(state.request_id)
+            state.lease = None
+        if state.reservation is not None:  # not settled by a usage record: nothing was spent
+            tokens.append(state.reservation[1])
+            state.reservation = None
+        for token in tokens:
+            try:
+                await self.shared.current().leases.release(token)
+            except StoreError as exc:
+                logger.warning("could not release a lease (it expires by its TTL): %s", exc)

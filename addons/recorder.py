@@ -116,8 +116,8 @@ class Recorder:
         await self._record(state, usage, Outcome(status=502, count_failure=True) if upstream_failed else None)
 
     async def _record(self, state: FlowState, usage: UsageRecord | None, outcome: Outcome | None) -> None:
-        """In the background, except for keys with budgets or token windows: their charge lands before the
-        answer ends, so a budget is overshot by at most the requests in flight (one store round trip)."""
+        """In the background, except for keys with budgets or token windows: their charge (settling the
+        budget reservation) lands before the answer ends, so the next request sees it."""
         assert state.account is not None and state.key is not None
         state.recorded = True
         state.usage = usage
@@ -136,7 +136,11 @@ class Recorder:
             settings.usage_retention_days,
             sticky,
             charge_of(state.key, usage, runtime.store.zone) if usage is not None else None,
+            state.reservation,
         )
+        if state.reservation is not None:  # settled by this write; if it fails, it expires by its TTL
+            runtime.leases.forget(state.reservation[1])
+            state.reservation = None
         if usage is not None and state.key.limits.charged_at_completion:
             try:
                 await write

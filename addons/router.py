@@ -15,6 +15,8 @@ from mitmproxy.connection import Server
 from addons.common import fail_closed
 from addons.common import pending_state
 from addons.relay_runtime import RelayRuntime
+from relay_core.budget import estimate_nanousd
+from relay_core.budget import reservation_refused
 from relay_core.clients import is_claude_code
 from relay_core.crypto import DecryptError
 from relay_core.flow_state import FlowState
@@ -22,6 +24,7 @@ from relay_core.health import AccountState
 from relay_core.limits import check_model
 from relay_core.limits import check_priced
 from relay_core.limits import claude_code_only_refused
+from relay_core.limits import periods
 from relay_core.models import Account
 from relay_core.request_body import parse_message_request
 from relay_core.routes import Route
@@ -70,6 +73,20 @@ class Router:
                 await runtime.store.set_account_state(account.id, AccountState.ERROR, reason)
             unusable.add(account.id)
 
+    @staticmethod
+    async def _reserve(state: FlowState, runtime: Runtime, body_bytes: int) -> None:
+        """Hold the request's estimated cost against the key's budgets until its usage is recorded."""
+        assert state.key is not None and state.message is not None
+        now = time.time()
+        now_periods = periods(now, runtime.store.zone)
+        cost = estimate_nanousd(state.message, body_bytes, runtime.settings.price_overrides)
+        reservations, member = runtime.store.key_reservations(state.key.id), f"{state.request_id}|{cost}"
+        refused = await runtime.store.reserve_budget(state.key, member, runtime.settings.lease_ttl_ms, now_periods)
+        if refused is not None:
+            raise reservation_refused(state.key, *refused, now_periods, now)
+        state.reservation = (reservations, member)
+        runtime.leases.hold(reservations, member)
+
     def _route_via(self, flow: http.HTTPFlow, account: Account) -> None:
         """Exactly this account's proxy, or none. A flow may carry the live connection of the previous request
         on the same client connection; its route is never edited in place, a new connection is asked for."""
@@ -105,6 +122,8 @@ class Router:
             check_priced(state.key, state.message.model, settings.price_overrides)
             if state.route is Route.MESSAGES:  # Claude Code's token counts carry no system prompt or metadata
                 body = state.message.body
+                if state.key.limits.budgets_nanousd:
+                    await self._reserve(state, runtime, len(flow.request.raw_content or b""))
         state.claude_code = is_claude_code(flow.request.headers, body)
         if state.key.limits.claude_code_only and not state.claude_code:
             raise claude_code_only_refused(state.key)

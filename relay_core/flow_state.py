@@ -37,6 +37,7 @@ class FlowState:
     routed: bool = False
     refused: bool = False  # the relay answered itself: nothing upstream to record
     lease: str | None = None  # the key's lease set, while this request holds a concurrency lease
+    reservation: tuple[str, str] | None = None  # (reservations, member) while it holds a budget reservation
     lock_account: str | None = None  # the account whose rate lock this request holds
     meter: SseUsageMeter | None = None
     outcome: Outcome | None = None

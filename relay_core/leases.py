@@ -1,4 +1,4 @@
-"""Keeps this process's concurrency leases alive while their requests run.
+"""Keeps this process's concurrency leases and budget reservations alive while their requests run.
 
 A lease carries an expiry, so a relay that dies stops holding its leases after one TTL; while the
 process lives, one call every third of a TTL pushes every live lease forward, however long a
@@ -33,6 +33,10 @@ class LeaseKeeper:
         leases = self._live.pop(token, None)
         if leases is not None:
             await self.store.release_lease(leases, token)
+
+    def forget(self, token: str) -> None:
+        """Stop renewing a lease some other store call removed (a settled budget reservation)."""
+        self._live.pop(token, None)
 
     @property
     def held(self) -> int:

@@ -2,8 +2,8 @@
 
 Windows, budgets and expiry are checked atomically in the store's admission script (one round trip;
 a refused request consumes nothing). Spend is charged when a response completes, before its last
-byte leaves the relay, so parallel requests overshoot a budget by at most the cost of the requests
-in flight when it ran out. Model rules need the body and are checked here.
+byte leaves the relay; reservations (relay_core/budget.py) keep a burst from overshooting a budget.
+Model rules need the body and are checked here.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from relay_core.health import HealthRules
 from relay_core.health import Outcome
 from relay_core.limits import NANOS_PER_USD
 from relay_core.limits import Period
+from relay_core.lua import lua
 from relay_core.models import Account
 from relay_core.models import TeamKey
 from relay_core.usage import TokenUsage
@@ -189,10 +190,11 @@ return 0
 
 # Everything one finished response changes, in one call. KEYS, each part present only when its count
 # says so: the usage bucket, the key's counters (spend per period, tokens per window), the sticky
-# binding, the account's health.  ARGV: usage field count U, bucket ttl s, U field/value pairs;
-# counter count C, C amount/ttl s (0: none) pairs; sticky ttl s (0: none), sticky account;
-# then, when a health key is given: status, cool family, cool until, state, reason, count failure
-# (0/1), failure streak, failure cooldown s, and the rate-limit snapshot as field/value pairs.
+# binding, the key's budget reservations, the account's health.  ARGV: usage field count U, bucket ttl s,
+# U field/value pairs; counter count C, C amount/ttl s (0: none) pairs; sticky ttl s (0: none), sticky
+# account; the reservation to settle ('': none); then, when a health key is given: status, cool family,
+# cool until, state, reason, count failure (0/1), failure streak, failure cooldown s, and the rate-limit
+# snapshot as field/value pairs.
 _RECORD_COMPLETION = """
 local k, a = 1, 1
 local fields = tonumber(ARGV[a])
@@ -216,6 +218,11 @@ if tonumber(ARGV[a]) > 0 then
   k = k + 1
 end
 a = a + 2
+if ARGV[a] ~= '' then
+  redis.call('ZREM', KEYS[k], ARGV[a])
+  k = k + 1
+end
+a = a + 1
 if k > #KEYS then return 1 end
 local h = KEYS[k]
 local status, family, cool_until, state, reason = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
@@ -445,6 +452,7 @@ class Store:
         self._admit = self.redis.register_script(_ADMIT)
         self._renew_leases = self.redis.register_script(_RENEW_LEASES)
         self._record_completion = self.redis.register_script(_RECORD_COMPLETION)
+        self._budget_reserve = self.redis.register_script(lua("now_ms", "budget_reserve"))
         self._release_owned = self.redis.register_script(_RELEASE_OWNED)
         self._clear_state = self.redis.register_script(_CLEAR_STATE)
         self._lock_acquire = self.redis.register_script(_LOCK_ACQUIRE)
@@ -681,9 +689,10 @@ class Store:
         retention_days: int = 400,
         sticky: StickyBinding | None = None,
         charge: Charge | None = None,
+        reservation: tuple[str, str] | None = None,
     ) -> None:
         """Everything one finished response changes, in one script call: usage, the key's spend and token
-        windows, stickiness, account health."""
+        windows, stickiness, the budget reservation (reservations, member) it settles, account health."""
         keys: list[str] = []
         args: list[str | int | float] = []
         bucket, fields = self._usage_fields(usage) if usage is not None else ("", [])
@@ -700,6 +709,9 @@ class Store:
             args += [sticky.ttl_s, account_id]
         else:
             args += [0, ""]
+        if reservation is not None:
+            keys.append(reservation[0])
+        args.append(reservation[1] if reservation is not None else "")
         if outcome is not None:
             keys.append(self.health_key(account_id))
             args += [
@@ -733,6 +745,30 @@ class Store:
     async def count_leases(self, leases: str) -> int:
         """Live leases in a set (expired ones are dropped first)."""
         return int(await self._call(self._count_leases(keys=[leases])))
+
+    # --- budget reservations (relay_core/budget.py) -----------------------------------------------
+
+    def key_reservations(self, key_id: str) -> str:
+        return f"{self.tag}:reserved:{key_id}"
+
+    async def reserve_budget(
+        self, key: TeamKey, member: str, ttl_ms: int, now_periods: Mapping[str, Period]
+    ) -> tuple[str, int, int] | None:
+        """Reserve `member` ("token|nanousd") unless spend plus reservations already reach a budget; then
+        (period, spent, reserved) of that budget."""
+        budgets = [(p, b) for p, b in key.limits.budgets_nanousd.items() if p in now_periods]
+        refused = await self._call(
+            self._budget_reserve(
+                keys=[
+                    self.key_reservations(key.id),
+                    *[self.spend_key(key.id, p, now_periods[p].id) for p, _ in budgets],
+                ],
+                args=[member, ttl_ms, *[b for _, b in budgets]],
+            )
+        )
+        if int(refused[0]) == 0:
+            return None
+        return budgets[int(refused[0]) - 1][0], int(refused[1]), int(refused[2])
 
     # --- the rate lock (one human turn at a time per account) ---------------------------------
 

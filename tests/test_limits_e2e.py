@@ -16,10 +16,13 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
+from relay_core.budget import estimate_nanousd
 from relay_core.models import LimitWindow
 from relay_core.pricing import price_usd
+from relay_core.request_body import parse_message_request
 from relay_core.usage import TokenUsage
 from tests.support.admin import Admin
+from tests.support.fake_upstream import DEFAULT_USAGE
 from tests.support.fake_upstream import OPUS_EXAMPLE_COST
 from tests.support.fake_upstream import OPUS_EXAMPLE_USAGE
 from tests.support.fake_upstream import FakeUpstream
@@ -42,6 +45,12 @@ def post(
     relay: RelayProcess, key: str, model: str = OPUS, headers: dict[str, str] | None = None, **fields: object
 ) -> tuple[int, dict, dict]:
     body = json.dumps({"model": model, "max_tokens": 5, "messages": MESSAGES, **fields}).encode()
+    return post_body(relay, key, body, headers)
+
+
+def post_body(
+    relay: RelayProcess, key: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict, dict]:
     request = urllib.request.Request(
         relay.url + "/v1/messages",
         data=body,
@@ -69,17 +78,46 @@ def test_parallel_requests_overshoot_a_budget_by_at_most_the_in_flight_cost(
         results = list(pool.map(lambda _: post(relay, key), range(100)))
 
     refused = [r for r in results if r[0] != 200]
-    assert refused, "the budget never ran out"
-    for status, headers, body in refused:
-        assert status == 402
+    spent_out = [r for r in refused if r[0] == 402]
+    assert spent_out, "the budget never ran out"
+    for _, headers, body in spent_out:
         assert body["error"]["type"] == "billing_error"
         assert "day budget of $0.40" in body["error"]["message"] and "resets at" in body["error"]["message"]
         assert headers["x-should-retry"] == "false"
+    for status, _, body in refused:  # the rest: held back while reservations covered what was left
+        assert status == 402 or (status == 429 and "requests in flight" in body["error"]["message"]), body
     served = len(results) - len(refused)
     (row,) = admin.wait_for_requests(served)
-    # Spend is charged on completion: at most the requests already in flight (one per client thread) overshoot.
+    # These answers cost far more than their 5-token requests' estimates: the bound is the requests in flight.
     assert budget_usd <= row["cost_usd"] <= budget_usd + threads * OPUS_EXAMPLE_COST
     assert row["requests"] == served == len(upstream.requests)
+
+
+def test_a_burst_on_a_budget_spends_at_most_one_request_estimate_past_it(
+    relay: RelayProcess, admin: Admin, upstream: FakeUpstream
+) -> None:
+    """Issue 14, acceptance 5: 200 parallel requests on a $0.01 budget."""
+    budget_usd, max_tokens = 0.01, 50
+    key = admin.create_key("team")
+    admin.update_key("team", lambda k: k.limits.budgets_nanousd.update(day=int(budget_usd * 1e9)))
+    admin.add_account("console-1", "sk-ant-api03-k")
+    usage = {**DEFAULT_USAGE, "input_tokens": 100, "output_tokens": max_tokens}  # what such a request can cost
+    upstream.handler = lambda seen: Reply(header_delay=0.05, body=message_json(OPUS, usage))
+    prompt = "Summarise the budget rules of the team relay in one paragraph. " * 6
+    body = json.dumps({"model": OPUS, "max_tokens": max_tokens, "messages": [{"role": "user", "content": prompt}]})
+    estimate_usd = estimate_nanousd(parse_message_request(body.encode()), len(body), {}) / 1e9
+    cost_usd = float(price_usd(OPUS, TokenUsage(input_tokens=100, output_tokens=max_tokens), {}) or 0)
+    assert 0 < cost_usd <= estimate_usd < budget_usd
+
+    with ThreadPoolExecutor(200) as pool:
+        results = list(pool.map(lambda _: post_body(relay, key, body.encode()), range(200)))
+
+    served = sum(1 for status, _, _ in results if status == 200)
+    (row,) = admin.wait_for_requests(served)
+    print(f"served {served} of 200, spent ${row['cost_usd']:.5f} on ${budget_usd} (estimate ${estimate_usd:.5f})")
+    assert budget_usd <= row["cost_usd"] <= budget_usd + estimate_usd
+    assert len(upstream.requests) == served <= budget_usd / cost_usd + 1
+    assert {status for status, _, _ in results} <= {200, 402, 429}
 
 
 def test_requests_per_minute_and_a_short_window_free_themselves(

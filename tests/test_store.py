@@ -15,6 +15,8 @@ from relay_core.health import Outcome
 from relay_core.limits import periods
 from relay_core.models import Account
 from relay_core.models import AccountKind
+from relay_core.models import KeyLimits
+from relay_core.models import TeamKey
 from relay_core.store import Charge
 from relay_core.store import StickyBinding
 from relay_core.store import Store
@@ -109,3 +111,34 @@ async def test_a_failed_completion_binds_no_session(store: Store) -> None:
     await store.record_completion("a1", Outcome(status=529), HealthRules(), sticky=StickyBinding("k1", "s1", 300))
     assert await store.sticky_account("k1", "s1") is None
     assert (await store.account_health(["a1"]))["a1"].last_status == 529
+
+
+async def test_a_budget_reservation_holds_back_the_next_and_settles_into_spend(store: Store) -> None:
+    key = TeamKey(
+        id="k1", name="team", key_hash="h", hint="rk-", limits=KeyLimits(budgets_nanousd={"day": 1000, "total": 5000})
+    )
+    now_periods = periods(time.time(), store.zone)
+    reservations = store.key_reservations("k1")
+
+    assert await store.reserve_budget(key, "r1|900", 10_000, now_periods) is None
+    # 0 spent + 900 reserved is still under the day's 1000: one more goes, and may overshoot by its estimate
+    assert await store.reserve_budget(key, "r2|400", 10_000, now_periods) is None
+    assert await store.reserve_budget(key, "r3|1", 10_000, now_periods) == ("day", 0, 1300)
+
+    await store.release_lease(reservations, "r2|400")  # refused locally: nothing spent
+    charge = Charge("k1", now_periods, 700, 0, ())
+    await store.record_completion("a1", None, HealthRules(), charge=charge, reservation=(reservations, "r1|900"))
+    assert await store.redis.zcard(reservations) == 0
+    assert await store.reserve_budget(key, "r4|1", 10_000, now_periods) is None  # 700 spent + 0 reserved
+    await store.release_lease(reservations, "r4|1")
+    await store.record_completion("a1", None, HealthRules(), charge=charge)
+    assert await store.reserve_budget(key, "r5|1", 10_000, now_periods) == ("day", 1400, 0)
+
+
+async def test_a_reservation_of_a_dead_relay_expires(store: Store) -> None:
+    key = TeamKey(id="k2", name="team", key_hash="h", hint="rk-", limits=KeyLimits(budgets_nanousd={"day": 1000}))
+    now_periods = periods(time.time(), store.zone)
+    assert await store.reserve_budget(key, "r1|5000", 200, now_periods) is None
+    assert await store.reserve_budget(key, "r2|1", 200, now_periods) == ("day", 0, 5000)
+    await asyncio.sleep(0.3)
+    assert await store.reserve_budget(key, "r2|1", 200, now_periods) is None
