@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from addons.auth import Auth
+from addons.client_timeouts import ClientTimeouts
 from addons.concurrency_lease import ConcurrencyLease
+from addons.connection_cap import ConnectionCap
 from addons.error_pages import AnthropicErrorPages
 from addons.failover import Failover
 from addons.graceful_drain import GracefulDrain
@@ -16,6 +18,7 @@ from addons.request_log import RequestLog
 from addons.router import Router
 from addons.self_service import SelfService
 from addons.service_endpoints import ServiceEndpoints
+from addons.upstream_timeouts import UpstreamTimeouts
 from relay_core.runtime import Runtime
 
 
@@ -26,6 +29,8 @@ def relay_chain(runtime: Runtime | None = None) -> RelayChain:
         [
             shared,
             AnthropicErrorPages(),
+            ConnectionCap(shared),
+            ClientTimeouts(shared),
             Metrics(shared),
             ServiceEndpoints(shared),
             SelfService(shared),
@@ -34,6 +39,7 @@ def relay_chain(runtime: Runtime | None = None) -> RelayChain:
             QueueLock(shared),
             Failover(shared),
             Recorder(shared),
+            UpstreamTimeouts(shared),  # after the Recorder (its stream callable), before the request log
             ConcurrencyLease(shared),
             RequestLog(shared),
             GracefulDrain(shared),  # after the Recorder: a flow counts as finished once its usage is recorded

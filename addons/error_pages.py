@@ -6,6 +6,9 @@
   connection; the stream now ends with an Anthropic `event: error` frame and a proper last chunk, as
   the API itself does, so clients report an overloaded upstream instead of a broken connection.
 
+- When the relay gave up on the upstream (addons/upstream_timeouts.py closed it): `504 timeout_error`
+  before the response started, the same error as an SSE `event: error` after; both name the setting.
+
 mitmproxy offers no hook for either, so this addon patches those two places of its HTTP/1 server
 layer when it loads. No upstream address leaks into a message.
 """
@@ -27,8 +30,13 @@ from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
 from relay_core.errors import RelayError
 from relay_core.errors import new_request_id
+from relay_core.timeouts import UpstreamTimeout
 
 logger = logging.getLogger(__name__)
+
+# Client connection id -> the upstream timeout that made the relay close that client's upstream connection;
+# set just before the close, read once by the error answer that follows (HTTP/1: one request at a time).
+gave_up: dict[str, UpstreamTimeout] = {}
 
 ERROR_TYPES = {400: "invalid_request_error", 408: "timeout_error", 413: "request_too_large", 504: "timeout_error"}
 
@@ -57,6 +65,12 @@ def anthropic_error_response(status_code: int, message: str = "") -> bytes:
     return http1.assemble_response(response)
 
 
+def relay_error_response(error: RelayError) -> bytes:
+    request_id = new_request_id()
+    headers = {"Server": version.MITMPROXY, "Connection": "close", **error.headers(request_id)}
+    return http1.assemble_response(http.Response.make(error.status, error.body(request_id), headers))
+
+
 STREAM_CUT = RelayError(
     529, "overloaded_error", "The upstream connection broke during the answer; retrying the request should work."
 ).sse_frame()
@@ -64,15 +78,21 @@ _original_send = _http1.Http1Server.send
 
 
 def send_ending_streams_cleanly(self: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
-    """Http1Server.send, except that a stream cut by the upstream ends with an SSE error event."""
+    """Http1Server.send, except that a stream cut by the upstream ends with an SSE error event, and an
+    upstream the relay gave up on is answered with the timeout's error."""
     response = self.response
+    timeout = gave_up.pop(self.conn.id, None) if isinstance(event, ResponseProtocolError) else None
+    if timeout is not None and response is None and self.conn.state & ConnectionState.CAN_WRITE:
+        yield commands.SendData(self.conn, relay_error_response(timeout.error()))
+        yield commands.CloseConnection(self.conn)
+        return
     if (
         isinstance(event, ResponseProtocolError)
         and response is not None
         and self.conn.state & ConnectionState.CAN_WRITE
         and response.headers.get("content-type", "").startswith("text/event-stream")
     ):
-        frame = STREAM_CUT
+        frame = timeout.error().sse_frame() if timeout is not None else STREAM_CUT
         if "chunked" in response.headers.get("transfer-encoding", "").lower():
             frame = b"%x\r\n%s\r\n0\r\n\r\n" % (len(frame), frame)
         yield commands.SendData(self.conn, frame)

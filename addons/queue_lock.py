@@ -1,7 +1,8 @@
 """Sends an account's human turns one at a time, and frees the lock as soon as response headers arrive.
 
 The subscription's request-rate limit counts requests when they are sent, so the next turn only
-needs to wait for this one's headers (plus a short gap), not for its whole answer.
+needs to wait for this one's headers (plus a short gap), not for its whole answer. Waiters are
+queued per team key, and keys take turns (relay_core/user_queue.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class QueueLock:
             and state.account.queues_human_turns(runtime.settings.user_message_queue_enabled)
         ):
             return
-        if not await runtime.queue.acquire(state.account.id, state.request_id):
+        key_id = state.key.id if state.key is not None else ""
+        if not await runtime.queue.acquire(state.account.id, state.request_id, key_id):
             raise RelayError(
                 529,
                 "overloaded_error",

@@ -1,7 +1,8 @@
 """Records every relayed answer: tokens and dollars, the account's health, the session's account.
 
 Streams pass through a meter that parses SSE frames on the side (decompressing a copy when the upstream
-compressed them); non-streamed answers are read from their JSON. A request the upstream received whose
+compressed them), and what a running stream has shown is journaled (relay_core/journal.py) so a crash
+loses none of it; non-streamed answers are read from their JSON. A request the upstream received whose
 answer never showed usage (the client hung up before the headers, the stream broke before
 `message_start`) is charged an estimate of its input, flagged `estimated`. Everything is written in one
 pipeline from a background task, so the stream's last chunk (which mitmproxy holds until the response
@@ -18,9 +19,11 @@ from addons.common import state_of
 from addons.relay_runtime import RelayRuntime
 from relay_core.flow_state import FlowState
 from relay_core.health import Outcome
+from relay_core.journal import JournalEntry
 from relay_core.metering import charge_of
 from relay_core.metering import record_from_body
 from relay_core.metering import record_from_stream
+from relay_core.metering import token_windows
 from relay_core.sse import SseUsageMeter
 from relay_core.store import StickyBinding
 from relay_core.store import StoreError
@@ -79,10 +82,27 @@ class Recorder:
         if headers.get("content-type", "").startswith("text/event-stream"):
             state.meter = SseUsageMeter(headers.get("content-encoding", ""))
             flow.response.stream = _Tap(state.meter)
+            self.shared.current().journal.track(state.request_id, lambda: self._snapshot(flow, state))
+
+    def _snapshot(self, flow: http.HTTPFlow, state: FlowState) -> JournalEntry | None:
+        """What the stream has shown so far, as the record a crash would leave; None before `message_start`."""
+        meter = state.meter
+        if meter is None or not meter.saw_message_start or state.recorded or flow.response is None:
+            return None
+        assert state.key is not None
+        overrides = self.shared.current().settings.price_overrides
+        usage = record_from_stream(state, meter, flow.response.status_code, False, overrides, _body_size(flow))
+        return JournalEntry(usage, token_windows(state.key), state.reservation)
+
+    def _forget(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is not None and state.meter is not None:
+            self.shared.current().journal.forget(state.request_id)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         state = self._pending(flow)
         if state is None or flow.response is None:
+            self._forget(flow)
             return
         settings = self.shared.current().settings
         status = flow.response.status_code
@@ -101,6 +121,7 @@ class Recorder:
         upstream received the request. A client gone before that leaves nothing to record."""
         state = self._pending(flow)
         if state is None:
+            self._forget(flow)
             return
         dispatched = was_dispatched(flow)
         client_gone = flow.error is not None and "client disconnected" in flow.error.msg.lower()
@@ -113,7 +134,13 @@ class Recorder:
             received = _body_size(flow) if dispatched else 0
             usage = record_from_stream(state, meter, 502, False, settings.price_overrides, received)
         upstream_failed = flow.response is None and not client_gone
-        await self._record(state, usage, Outcome(status=502, count_failure=True) if upstream_failed else None)
+        await self._record(
+            state,
+            usage,
+            Outcome(status=504 if state.timed_out else 502, count_failure=True)
+            if upstream_failed or state.timed_out
+            else None,
+        )
 
     async def _record(self, state: FlowState, usage: UsageRecord | None, outcome: Outcome | None) -> None:
         """In the background, except for keys with budgets or token windows: their charge (settling the
@@ -128,6 +155,7 @@ class Recorder:
             if state.session is not None
             else None
         )
+        journal_field = await runtime.journal.finish(state.request_id)
         write = runtime.store.record_completion(
             state.account.id,
             outcome,
@@ -137,6 +165,7 @@ class Recorder:
             sticky,
             charge_of(state.key, usage, runtime.store.zone) if usage is not None else None,
             state.reservation,
+            journal_field,
         )
         if state.reservation is not None:  # settled by this write; if it fails, it expires by its TTL
             runtime.leases.forget(state.reservation[1])

@@ -15,6 +15,7 @@ from mitmproxy.connection import Server
 from addons.common import fail_closed
 from addons.common import pending_state
 from addons.relay_runtime import RelayRuntime
+from relay_core.account_urls import opened
 from relay_core.budget import estimate_nanousd
 from relay_core.budget import reservation_refused
 from relay_core.clients import is_claude_code
@@ -141,12 +142,13 @@ class Router:
         headers.update(credential_headers(account, secret, client_beta, settings.oauth_beta))
         headers.setdefault("anthropic-version", settings.anthropic_version)
 
-        target = target_of(account.base_url or settings.upstream_url)
+        reach = opened(account, runtime.keyring)  # with its URL credentials: used here, never kept on the flow
+        target = target_of(reach.base_url or settings.upstream_url)
         flow.request.scheme = target.scheme
         flow.request.host = target.host
         flow.request.port = target.port
         if target.path_prefix:
             flow.request.path = target.path_prefix + flow.request.path
-        self._route_via(flow, account)
+        self._route_via(flow, reach)
         state.account = account
         state.routed = True

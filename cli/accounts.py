@@ -15,6 +15,10 @@ from cli.context import run
 from cli.output import emit_record
 from cli.output import emit_rows
 from cli.output import format_option
+from relay_core.account_urls import seal_urls
+from relay_core.account_urls import set_url
+from relay_core.account_urls import shown_url
+from relay_core.crypto import Keyring
 from relay_core.diagnostics import masked_url
 from relay_core.health import AccountHealth
 from relay_core.health import account_state
@@ -59,8 +63,8 @@ def account_view(account: Account, health: AccountHealth | None = None, requests
         "priority": account.priority,
         "weight": account.weight,
         "groups": ",".join(account.groups) or None,
-        "base_url": masked_url(account.base_url) or "(default)",
-        "proxy": masked_url(account.proxy),
+        "base_url": masked_url(shown_url(account, "base_url")) or "(default)",
+        "proxy": masked_url(shown_url(account, "proxy")),
         "email": account.email,
         "organization": account.organization,
         "expires_at": _when(account.expires_at),
@@ -127,6 +131,7 @@ def _add(account_fields: dict[str, Any], secret: str, refresh_token: str | None,
             sealed_refresh_token=seal(refresh_token, account_id) if refresh_token else None,
             **account_fields,
         )
+        seal_urls(account, runtime.keyring)
         await runtime.store.create_account(account)
         return account
 
@@ -256,7 +261,7 @@ def reset(name: str) -> None:
 
 
 def _set_enabled(name: str, enabled: bool) -> None:
-    def change(account: Account) -> None:
+    def change(account: Account, keyring: Keyring) -> None:
         account.enabled = enabled
 
     _change(name, change)
@@ -306,7 +311,7 @@ def update(
 
     subscription_only = allow_extra_usage is not None or allow_other_clients is not None
 
-    def change(account: Account) -> None:
+    def change(account: Account, keyring: Keyring) -> None:
         if subscription_only and account.kind is not AccountKind.OAUTH:
             raise click.UsageError(
                 "--allow-extra-usage and --allow-other-clients concern subscription (OAuth) accounts; "
@@ -317,9 +322,9 @@ def update(
         if weight is not None:
             account.weight = weight
         if base_url is not None:
-            account.base_url = base_url or None
+            set_url(account, "base_url", base_url or None, keyring)
         if proxy is not None:
-            account.proxy = proxy or None
+            set_url(account, "proxy", proxy or None, keyring)
         if groups is not None:
             account.groups = [g.strip() for g in groups.split(",") if g.strip()]
         if queue is not None:
@@ -332,10 +337,10 @@ def update(
     emit_record(_show(_change(name, change)), fmt)
 
 
-def _change(name: str, change: Callable[[Account], None]) -> Account:
+def _change(name: str, change: Callable[[Account, Keyring], None]) -> Account:
     async def op(runtime: Runtime) -> Account:
         account = await _require(runtime, name)
-        updated = await runtime.store.update_account(account.id, change)
+        updated = await runtime.store.update_account(account.id, lambda a: change(a, runtime.keyring))
         if updated is None:
             raise click.ClickException(f"account {name!r} was deleted meanwhile")
         return updated

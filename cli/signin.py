@@ -20,6 +20,8 @@ from cli.context import run
 from cli.output import emit_record
 from cli.output import format_option
 from relay_core import oauth
+from relay_core.account_urls import opened
+from relay_core.account_urls import seal_urls
 from relay_core.health import judge
 from relay_core.models import Account
 from relay_core.models import AccountKind
@@ -114,7 +116,7 @@ async def _finish(runtime: Runtime, name: str, pasted: str) -> Account:
         scopes=tokens.scopes,
         signin_ends_at=tokens.signin_ends_at,
     )
-    await runtime.store.create_account(account)
+    await runtime.store.create_account(seal_urls(account, runtime.keyring))
     return account
 
 
@@ -145,7 +147,8 @@ def test(name: str, model: str, fmt: str) -> None:
 
     async def op(runtime: Runtime) -> dict[str, Any]:
         account = await runtime.refresher.usable(await _require(runtime, name))
-        result = await probe(account, runtime.keyring.open(account.sealed_secret, account.id), runtime.settings, model)
+        secret = runtime.keyring.open(account.sealed_secret, account.id)
+        result = await probe(opened(account, runtime.keyring), secret, runtime.settings, model)
         rules = runtime.settings.health_rules
         outcome = judge(
             result.status, result.headers, result.body, account.kind, rules, allow_extra_usage=account.allow_extra_usage

@@ -33,6 +33,7 @@ from urllib.parse import urlunsplit
 
 from pydantic import BaseModel
 
+from relay_core.account_urls import opened
 from relay_core.crypto import SECRET_FILE_NAME
 from relay_core.crypto import DecryptError
 from relay_core.crypto import Keyring
@@ -539,12 +540,15 @@ async def diagnose(settings: Settings, active: bool = False) -> Report:
     checks.append(keys_check(facts.keys))
     checks.append(prices_check(facts.models_used, settings.price_overrides))
     report.keys = {"total": len(facts.keys), "enabled": sum(k.enabled for k in facts.keys)}
-    return await _with_network(report, settings, facts, active)
+    return await _with_network(report, settings, facts, active, keyring)
 
 
-async def _with_network(report: Report, settings: Settings, facts: StoreFacts, active: bool) -> Report:
+async def _with_network(
+    report: Report, settings: Settings, facts: StoreFacts, active: bool, keyring: Keyring | None = None
+) -> Report:
     if active:
-        probes = [asyncio.to_thread(reach, t, users) for t, users in targets(settings, facts.accounts).items()]
+        accounts = [opened(a, keyring) for a in facts.accounts] if keyring is not None else facts.accounts
+        probes = [asyncio.to_thread(reach, t, users) for t, users in targets(settings, accounts).items()]
         probes.append(asyncio.to_thread(listen_check, settings))
         report.checks += await asyncio.gather(*probes)
     return report

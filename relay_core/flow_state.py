@@ -43,6 +43,7 @@ class FlowState:
     outcome: Outcome | None = None
     usage: UsageRecord | None = None  # what the Recorder wrote, for the request log
     recorded: bool = False
+    timed_out: str | None = None  # the upstream timeout setting that ended this request
 
     @property
     def request_model(self) -> str | None:

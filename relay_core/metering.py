@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -11,6 +12,7 @@ from relay_core.flow_state import FlowState
 from relay_core.limits import NANOS_PER_USD
 from relay_core.limits import periods
 from relay_core.models import TeamKey
+from relay_core.pricing import price_known
 from relay_core.pricing import price_usd
 from relay_core.sse import SseUsageMeter
 from relay_core.store import Charge
@@ -21,8 +23,21 @@ CHARS_PER_TOKEN = 4
 BODY_BYTES_PER_TOKEN = 4
 
 
-def _clean_model(model: str | None) -> str:
-    return (model or "unknown").replace("|", "_")[:120]
+# Model ids without a price a process records under their own name; any further ones share one name, so a
+# key holder sending made-up models cannot grow the usage buckets, reports and metrics without bound.
+UNPRICED_MODELS_KEPT = 50
+OTHER_UNPRICED_MODEL = "other-unpriced"
+_unpriced_kept: set[str] = set()
+
+
+def _clean_model(model: str | None, overrides: dict[str, dict[str, float]]) -> str:
+    name = (model or "unknown").replace("|", "_")[:120]
+    if name in _unpriced_kept or price_known(name, overrides):
+        return name
+    if len(_unpriced_kept) < UNPRICED_MODELS_KEPT:
+        _unpriced_kept.add(name)
+        return name
+    return OTHER_UNPRICED_MODEL
 
 
 def estimated_input_tokens(body_bytes: int) -> int:
@@ -52,14 +67,14 @@ def record_from_stream(
     """A stream's usage; when it was cut before `message_delta`, output is estimated from the text, and when it
     showed none at all, input from the request (`received_bytes`: the body the upstream received, 0 when the
     answer is an error the upstream does not bill, or the request never reached it)."""
-    usage = meter.usage
+    usage = replace(meter.usage)  # a copy: a stream still running may be recorded again at its end
     estimated = False
     if meter.saw_message_start and not meter.saw_message_delta and meter.output_chars:
         usage.output_tokens = max(usage.output_tokens, meter.output_chars // CHARS_PER_TOKEN)
         estimated = True
     if meter.error is None:  # an `error` event is the upstream saying it failed, which it does not bill
         estimated |= _estimate_unreported(usage, received_bytes)
-    model = _clean_model(meter.model or state.request_model)
+    model = _clean_model(meter.model or state.request_model, overrides)
     return _record(
         state,
         model,
@@ -90,7 +105,7 @@ def record_from_body(
         if isinstance(payload.get("model"), str):
             model = payload["model"]
     estimated = _estimate_unreported(usage, received_bytes)
-    return _record(state, _clean_model(model), usage, overrides, failed=status >= 400, estimated=estimated)
+    return _record(state, _clean_model(model, overrides), usage, overrides, failed=status >= 400, estimated=estimated)
 
 
 def _record(
@@ -117,16 +132,24 @@ def _record(
     )
 
 
+def token_windows(key: TeamKey) -> tuple[int, ...]:
+    return tuple(w.seconds for w in key.limits.windows if w.tokens)
+
+
 def charge_of(key: TeamKey, usage: UsageRecord, zone: ZoneInfo) -> Charge:
+    return charge_for(usage, token_windows(key), zone)
+
+
+def charge_for(usage: UsageRecord, windows: tuple[int, ...], zone: ZoneInfo) -> Charge:
     """What a response costs its key. Tokens counted against token windows: all input (cached or not) and output."""
     tokens = usage.usage
     return Charge(
-        key_id=key.id,
+        key_id=usage.key_id,
         periods=periods(usage.at, zone),
         cost_nanousd=int((usage.cost_usd or Decimal(0)) * NANOS_PER_USD),
         tokens=tokens.input_tokens
         + tokens.cache_read_input_tokens
         + tokens.cache_creation_input_tokens
         + tokens.output_tokens,
-        token_windows=tuple(w.seconds for w in key.limits.windows if w.tokens),
+        token_windows=windows,
     )

@@ -83,7 +83,10 @@ class Account(BaseModel):
     sealed_refresh_token: str | None = None
     expires_at: float | None = Field(None, description="access-token expiry, epoch seconds")
     user_message_queue: bool | None = Field(None, description="rate lock on/off; None: the global setting")
-    proxy: str | None = Field(None, description="outbound HTTP proxy, http://[user:pass@]host:port")
+    proxy: str | None = Field(None, description="outbound HTTP proxy, http://host:port (credentials sealed apart)")
+    sealed_url_credentials: dict[str, str] = Field(
+        default_factory=dict, description="base_url/proxy -> its user:pass, sealed (relay_core.account_urls)"
+    )
     email: str | None = None
     organization: str | None = None
     scopes: list[str] = Field(default_factory=list)

@@ -92,7 +92,7 @@ async def key_report(store: Store, key: TeamKey, days: int = 7) -> dict[str, Any
     now_periods = periods(now, store.zone)
     used = await store.key_consumption(key, now_periods)
     today = dt.datetime.fromtimestamp(now, store.zone).date()
-    cells = await store.usage_cells(today - dt.timedelta(days=days - 1), today)
+    cells = await store.key_usage_cells(key.id, today - dt.timedelta(days=days - 1), today)
     return {
         "used": {
             "spend_usd": {period: nanos / NANOS_PER_USD for period, nanos in used["spend_nanousd"].items()},

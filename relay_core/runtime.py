@@ -14,6 +14,7 @@ from relay_core.crypto import Keyring
 from relay_core.crypto import load_or_create_secret
 from relay_core.embedded_store import ensure_embedded_store
 from relay_core.embedded_store import is_running
+from relay_core.journal import UsageJournal
 from relay_core.leases import LeaseKeeper
 from relay_core.settings import CONFIG_FILE_ENV
 from relay_core.settings import Settings
@@ -53,6 +54,7 @@ class Runtime:
         self.queue = UserMessageQueue(self.store, settings)
         self.leases = LeaseKeeper(self.store, settings.lease_ttl_ms)
         self.refresher = TokenRefresher(self.store, self.keyring, settings)
+        self.journal = UsageJournal(self.store, settings.health_rules, settings.usage_retention_days)
         self.draining = False  # set on SIGTERM: new requests are refused while running ones finish
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: asyncio.Task[None] | None = None
@@ -83,6 +85,7 @@ class Runtime:
         """Work each relay process does on its own schedule (single-flight across processes)."""
         loop = asyncio.get_running_loop()
         self._background = loop.create_task(self.refresher.run_forever())
+        self.journal.start()
         if not self.settings.redis_url:
             self._store_watch = loop.create_task(self._watch_embedded_store())
 
@@ -110,6 +113,7 @@ class Runtime:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.journal.close()
         await self.drain()
         await self.queue.close()
         await self.leases.close()

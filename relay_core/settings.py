@@ -89,6 +89,37 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("USER_MESSAGE_QUEUE_LOCK_TTL_MS", "user_message_queue_lock_ttl_ms"),
         description="a lock whose owner never saw response headers (died, hung) frees itself after this",
     )
+    # Time and connection bounds (addons/connection_cap.py, client_timeouts.py, upstream_timeouts.py).
+    client_header_timeout_s: int = Field(
+        30, ge=1, description="a new client connection that has not sent complete request headers by then is closed"
+    )
+    client_idle_timeout_s: int = Field(
+        120,
+        ge=1,
+        description="a kept-alive client connection whose next request's headers are not complete this long after"
+        " its last answer is closed",
+    )
+    max_connections_per_client: int = Field(
+        256,
+        ge=0,
+        description="open connections per client address (the TCP peer's: behind a balancer, the balancer's) per"
+        " relay process; more are refused at once; 0: no cap",
+    )
+    upstream_connect_timeout_s: int = Field(
+        10, ge=1, description="longest wait for the upstream (or the account's proxy) to accept a connection; then 504"
+    )
+    upstream_first_byte_timeout_s: int = Field(
+        600,
+        ge=1,
+        description="longest wait from sending a request until the upstream's response headers (long thinking"
+        " included); then 504 timeout_error",
+    )
+    upstream_stream_idle_timeout_s: int = Field(
+        300,
+        ge=1,
+        description="longest gap between an answer's chunks (a buffered answer: its whole body); then the stream"
+        " ends with an SSE timeout_error event (before it began: 504)",
+    )
     sticky_session_ttl_s: int = Field(3600, ge=1, description="a conversation stays on its account this long")
     overload_cooldown_s: int = Field(60, ge=0, description="an account that answered 529 rests this long")
     failure_streak: int = Field(3, ge=1, description="consecutive 5xx answers before an account rests")
@@ -111,7 +142,9 @@ class Settings(BaseSettings):
     refresh_interval_s: int = Field(60, ge=1, description="how often each relay looks for tokens due a refresh")
     refresh_lock_ttl_s: int = Field(30, ge=1, description="a refresh whose relay died frees its lock after this")
     lease_ttl_ms: int = Field(
-        30000, ge=1000, description="concurrency leases of a relay that died expire after this; live ones are renewed"
+        4000,
+        ge=1000,
+        description="leases and budget reservations of a relay that died expire after this; live ones are renewed",
     )
     metrics_token: str | None = Field(None, min_length=1, description="bearer token GET /metrics requires; unset: open")
     request_log: str = Field("text", pattern="^(text|json|off)$", description="one line per request: text, json or off")

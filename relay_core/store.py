@@ -189,22 +189,29 @@ return 0
 """
 
 # Everything one finished response changes, in one call. KEYS, each part present only when its count
-# says so: the usage bucket, the key's counters (spend per period, tokens per window), the sticky
-# binding, the key's budget reservations, the account's health.  ARGV: usage field count U, bucket ttl s,
-# U field/value pairs; counter count C, C amount/ttl s (0: none) pairs; sticky ttl s (0: none), sticky
-# account; the reservation to settle ('': none); then, when a health key is given: status, cool family,
+# says so: the usage journal, the usage buckets (the team's, the key's own), the key's counters (spend
+# per period, tokens per window), the sticky binding, the key's budget reservations, the account's
+# health.  ARGV: the journal entry to remove ('': none), whether to write nothing unless it was there
+# (1/0); bucket count B, then per bucket its field count U, ttl s and U field/value pairs; counter count
+# C, C amount/ttl s (0: none) pairs; sticky ttl s (0: none), sticky account; the reservation to settle
+# ('': none); then, when a health key is given: status, cool family,
 # cool until, state, reason, count failure (0/1), failure streak, failure cooldown s, and the rate-limit
 # snapshot as field/value pairs.
 _RECORD_COMPLETION = """
-local k, a = 1, 1
-local fields = tonumber(ARGV[a])
-if fields > 0 then
-  local bucket = KEYS[k]
-  k = k + 1
-  for i = a + 2, a + 2 * fields, 2 do redis.call('HINCRBY', bucket, ARGV[i], ARGV[i + 1]) end
-  redis.call('EXPIRE', bucket, ARGV[a + 1])
+local k, a = 1, 3
+if ARGV[1] ~= '' then
+  if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 and ARGV[2] == '1' then return 0 end
+  k = 2
 end
-a = a + 2 + 2 * fields
+local buckets = tonumber(ARGV[a])
+a = a + 1
+for _ = 1, buckets do
+  local fields = tonumber(ARGV[a])
+  for i = a + 2, a + 2 * fields, 2 do redis.call('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1]) end
+  redis.call('EXPIRE', KEYS[k], ARGV[a + 1])
+  k = k + 1
+  a = a + 2 + 2 * fields
+end
 local counters = tonumber(ARGV[a])
 for i = 1, counters do
   local at = a + 2 * i - 1
@@ -266,25 +273,6 @@ _COUNT_LEASES = (
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
-"""
-)
-
-# The rate lock of one account. KEYS: lock, waiters  ARGV: token, lock ttl ms, forget waiters older than ms
-# Waiters are served in arrival order (server time); a waiter that went away without leaving is
-# forgotten once it is older than the longest possible wait. Returns {1, 0} when the lock was
-# taken, else {0, ms until the current holder's (or the gap's) TTL ends, -1 without one}.
-_LOCK_ACQUIRE = (
-    _NOW_MS
-    + """
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]))
-redis.call('ZADD', KEYS[2], 'NX', now, ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
-if head == ARGV[1] and redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return {1, 0}
-end
-return {0, redis.call('PTTL', KEYS[1])}
 """
 )
 
@@ -441,6 +429,8 @@ class Store:
         self.k_account_names = f"{tag}:account_names"
         self.k_meta = f"{tag}:meta"
         self.k_usage = f"{tag}:usage"
+        self.k_journal = f"{tag}:journal"
+        self.k_instances = f"{tag}:instances"
         self.tag = tag
         self.lock_channel = f"{tag}:queue:released"
         self._create = self.redis.register_script(_CREATE)
@@ -453,9 +443,11 @@ class Store:
         self._renew_leases = self.redis.register_script(_RENEW_LEASES)
         self._record_completion = self.redis.register_script(_RECORD_COMPLETION)
         self._budget_reserve = self.redis.register_script(lua("now_ms", "budget_reserve"))
+        self._journal_tick = self.redis.register_script(lua("now_ms", "journal_tick"))
         self._release_owned = self.redis.register_script(_RELEASE_OWNED)
         self._clear_state = self.redis.register_script(_CLEAR_STATE)
-        self._lock_acquire = self.redis.register_script(_LOCK_ACQUIRE)
+        self._lock_acquire = self.redis.register_script(lua("now_ms", "lock_queue", "lock_acquire"))
+        self._lock_leave = self.redis.register_script(lua("lock_queue", "lock_leave"))
         self._lock_release = self.redis.register_script(_LOCK_RELEASE)
 
     async def close(self) -> None:
@@ -690,15 +682,19 @@ class Store:
         sticky: StickyBinding | None = None,
         charge: Charge | None = None,
         reservation: tuple[str, str] | None = None,
-    ) -> None:
+        journal_field: str | None = None,
+        only_once: bool = False,
+    ) -> bool:
         """Everything one finished response changes, in one script call: usage, the key's spend and token
-        windows, stickiness, the budget reservation (reservations, member) it settles, account health."""
-        keys: list[str] = []
-        args: list[str | int | float] = []
-        bucket, fields = self._usage_fields(usage) if usage is not None else ("", [])
-        if fields:  # never empty for a record (requests=1), but the script must not misread KEYS if it were
+        windows, stickiness, the budget reservation (reservations, member) it settles, account health, and
+        its usage journal entry. `only_once`: write nothing unless the entry was still there (False then)."""
+        keys: list[str] = [self.k_journal] if journal_field else []
+        args: list[str | int | float] = [journal_field or "", int(only_once)]
+        buckets = self._usage_fields(usage) if usage is not None else []
+        args.append(len(buckets))
+        for bucket, fields in buckets:
             keys.append(bucket)
-        args += [len(fields) // 2, retention_days * 86400, *fields]
+            args += [len(fields) // 2, retention_days * 86400, *fields]
         counters = self._charge_counters(charge) if charge is not None else []
         keys += [counter for counter, _, _ in counters]
         args.append(len(counters))
@@ -726,8 +722,24 @@ class Store:
             ]
             for name, value in outcome.rate_limits.items():
                 args += [name, value]
-        if keys:
-            await self._call(self._record_completion(keys=keys, args=args))
+        if not keys:
+            return True
+        return bool(await self._call(self._record_completion(keys=keys, args=args)))
+
+    async def journal_beat(
+        self, instance: str, dead_after_ms: int, entries: Mapping[str, str]
+    ) -> list[tuple[str, str]]:
+        """Journal entries, mark `instance` alive; the entries of instances that stopped beating."""
+        flat = await self._call(
+            self._journal_tick(
+                keys=[self.k_instances, self.k_journal],
+                args=[instance, dead_after_ms, *[part for item in entries.items() for part in item]],
+            )
+        )
+        return [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+
+    async def journal_drop(self, field: str) -> None:
+        await self._call(self.redis.hdel(self.k_journal, field))
 
     def key_leases(self, key_id: str) -> str:
         return f"{self.tag}:leases:key:{key_id}"
@@ -778,12 +790,25 @@ class Store:
     def queue_waiters(self, account_id: str) -> str:
         return f"{self.tag}:queue:{account_id}:waiters"
 
-    async def try_lock(self, account_id: str, token: str, ttl_ms: int, forget_after_ms: int) -> LockAttempt:
+    def _queue_keys(self, account_id: str) -> list[str]:
+        """KEYS of lock_queue.lua: the lock, then the waiters, the keys' rotation, token -> waiter, last seen."""
+        queue = f"{self.tag}:queue:{account_id}"
+        return [
+            self.queue_lock(account_id),
+            self.queue_waiters(account_id),
+            f"{queue}:turns",
+            f"{queue}:members",
+            f"{queue}:seen",
+        ]
+
+    async def try_lock(
+        self, account_id: str, token: str, ttl_ms: int, forget_after_ms: int, key_id: str = ""
+    ) -> LockAttempt:
+        """Join the account's queue (or stay in it) and take the lock if it is free and this is the next
+        turn: keys take turns round-robin, each key's waiters in arrival order (lock_acquire.lua). A waiter
+        that has not asked again for `forget_after_ms` is taken for gone and dropped."""
         acquired, retry_in = await self._call(
-            self._lock_acquire(
-                keys=[self.queue_lock(account_id), self.queue_waiters(account_id)],
-                args=[token, ttl_ms, forget_after_ms],
-            )
+            self._lock_acquire(keys=self._queue_keys(account_id), args=[token, ttl_ms, forget_after_ms, key_id])
         )
         return LockAttempt(bool(acquired), int(retry_in))
 
@@ -795,7 +820,7 @@ class Store:
         return bool(released)
 
     async def leave_queue(self, account_id: str, token: str) -> None:
-        await self._call(self.redis.zrem(self.queue_waiters(account_id), token))
+        await self._call(self._lock_leave(keys=self._queue_keys(account_id), args=[token]))
 
     async def lock_holder(self, account_id: str) -> str | None:
         value = await self._call(self.redis.get(self.queue_lock(account_id)))
@@ -865,10 +890,15 @@ class Store:
             "in_flight": await self.count_leases(self.key_leases(key.id)),
         }
 
-    def _usage_fields(self, record: UsageRecord) -> tuple[str, list[str | int]]:
-        """The day's usage bucket and the field/value pairs the record adds to it (zeros left out)."""
+    def _key_bucket(self, day: str, key_id: str) -> str:
+        return f"{self.k_usage}:{day}:key:{key_id}"
+
+    def _usage_fields(self, record: UsageRecord) -> list[tuple[str, list[str | int]]]:
+        """The buckets the record adds to, each with its field/value pairs (zeros left out): the day's
+        bucket of the whole team, and the key's own (by model), which its holder reads without the rest."""
         when = self.local_time(record.at)
-        prefix = f"{when.hour:02d}|{record.key_id}|{record.account_id}|{record.model}|"
+        team_prefix = f"{when.hour:02d}|{record.key_id}|{record.account_id}|{record.model}|"
+        key_prefix = f"{record.model}|"
         counts = record.usage.counters()
         counts.update(
             requests=1,
@@ -878,11 +908,14 @@ class Store:
             unpriced=int(record.cost_usd is None),
             cost_nanousd=int((record.cost_usd or Decimal(0)) * NANOS_PER_USD),
         )
-        fields: list[str | int] = []
+        team: list[str | int] = []
+        own: list[str | int] = []
         for metric, value in counts.items():
             if value:
-                fields += [prefix + metric, value]
-        return self._bucket(when.date().isoformat()), fields
+                team += [team_prefix + metric, value]
+                own += [key_prefix + metric, value]
+        day = when.date().isoformat()
+        return [(self._bucket(day), team), (self._key_bucket(day, record.key_id), own)]
 
     async def usage_cells(self, first: dt.date, last: dt.date) -> list[UsageCell]:
         days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
@@ -895,6 +928,20 @@ class Store:
             for field, value in fields.items():
                 hour, key_id, account_id, model, metric = field.decode().split("|", 4)
                 cells.append(UsageCell(day.isoformat(), int(hour), key_id, account_id, model, metric, int(value)))
+        return cells
+
+    async def key_usage_cells(self, key_id: str, first: dt.date, last: dt.date) -> list[UsageCell]:
+        """One key's usage by day and model, from its own buckets: bounded by its models, whatever the team's."""
+        days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(self._key_bucket(day.isoformat(), key_id))
+        results = await self._call(pipe.execute())
+        cells = []
+        for day, fields in zip(days, results, strict=True):
+            for field, value in fields.items():
+                model, metric = field.decode().rsplit("|", 1)
+                cells.append(UsageCell(day.isoformat(), 0, key_id, "", model, metric, int(value)))
         return cells
 
     # --- diagnostics (read-only) ------------------------------------------------------------

@@ -16,6 +16,7 @@ import secrets
 import time
 
 from relay_core import oauth
+from relay_core.account_urls import opened
 from relay_core.crypto import Keyring
 from relay_core.health import AccountState
 from relay_core.models import Account
@@ -78,7 +79,8 @@ class TokenRefresher:
             raise RefreshFailed(f"account {account.name!r} has no refresh token; sign it in again")
         refresh_token = self.keyring.open(account.sealed_refresh_token, account.id)
         try:
-            tokens = await oauth.refresh(self.settings.oauth, refresh_token, proxy=account.proxy)
+            proxy = opened(account, self.keyring).proxy
+            tokens = await oauth.refresh(self.settings.oauth, refresh_token, proxy=proxy)
         except oauth.OAuthError as exc:
             reason = f"token refresh failed: {exc}"
             await self.store.set_account_state(account.id, AccountState.ERROR, reason)

@@ -204,5 +204,9 @@ def test_base_url_and_proxy_credentials_are_masked_in_every_view(data_dir: Path)
     out += json.dumps(shown)
     for secret in ("BASEPASS", "QUERYSECRET", "PROXYPASS"):
         assert secret not in out
-    assert shown["base_url"].startswith("https://relay-user:***@gw.example/anthropic")
-    assert shown["proxy"] == "http://proxy-user:***@127.0.0.1:3128"
+    assert shown["base_url"].startswith("https://***@gw.example/anthropic")
+    assert shown["proxy"] == "http://***@127.0.0.1:3128"
+    at_rest = raw_store_dump(data_dir)
+    assert b"127.0.0.1:3128" in at_rest
+    for secret in (b"BASEPASS", b"PROXYPASS", b"relay-user", b"proxy-user"):  # sealed at rest
+        assert secret not in at_rest

@@ -1,4 +1,5 @@
-"""The rate lock against a real Valkey: arrival order, gap, TTL, owner-checked release, timeouts."""
+"""The rate lock against a real Valkey: turns between keys, arrival order, gap, TTL, owner-checked release,
+timeouts, forgetting waiters that went away."""
 
 from __future__ import annotations
 
@@ -113,4 +114,84 @@ async def test_notifications_keep_working_past_the_socket_timeout(store: Store) 
     assert await q.release("acct", "first")
     assert await waiter
     assert time.monotonic() - released_at < 0.2  # woken by the notification, not by polling
+    await q.close()
+
+
+async def test_keys_take_turns_round_robin(store: Store) -> None:
+    """Waiters of one key go in arrival order; keys alternate, a newcomer joining the back of the rotation."""
+    q = queue(store)
+    assert await q.acquire("acct", "holder", "x")
+    order: list[str] = []
+
+    async def turn(key_id: str, token: str) -> None:
+        assert await q.acquire("acct", token, key_id)
+        order.append(token)
+        assert await q.release("acct", token)
+
+    tasks = []
+    for key_id, token in [("a", "a1"), ("a", "a2"), ("a", "a3"), ("a", "a4"), ("b", "b1"), ("b", "b2"), ("c", "c1")]:
+        tasks.append(asyncio.create_task(turn(key_id, token)))
+        await asyncio.sleep(0.01)
+    assert await store.waiting("acct") == 7
+    assert await q.release("acct", "holder")
+    await asyncio.gather(*tasks)
+    assert order == ["a1", "b1", "c1", "a2", "b2", "a3", "a4"]
+    await q.close()
+
+
+async def test_a_flooding_key_holds_back_a_steady_key_by_one_turn_at_most(store: Store) -> None:
+    """The acceptance at store level: a key sending one turn after another (the next one arrives during
+    the gap after its last) alternates with a key that has 30 turns waiting."""
+    q = queue(store, user_message_queue_delay_ms=20)
+    order: list[str] = []
+
+    async def flood(n: int) -> None:
+        assert await q.acquire("acct", f"a{n}", "flooder")
+        order.append("a")
+        await asyncio.sleep(0.01)  # the upstream's headers
+        assert await q.release("acct", f"a{n}")
+
+    flooding = [asyncio.create_task(flood(n)) for n in range(30)]
+    await asyncio.sleep(0.05)
+    for n in range(8):
+        assert await q.acquire("acct", f"b{n}", "steady")
+        order.append("b")
+        await asyncio.sleep(0.01)
+        assert await q.release("acct", f"b{n}")
+    await asyncio.gather(*flooding)
+    steady_part = "".join(order[order.index("b") : len(order) - order[::-1].index("b")])
+    assert "aa" not in steady_part, "".join(order)
+    await q.close()
+
+
+async def test_a_waiter_that_stops_asking_is_forgotten(store: Store) -> None:
+    """A waiter whose relay died never leaves; once unseen for the forget time it no longer blocks the queue."""
+    assert (await store.try_lock("acct", "holder", 5000, 300, "k")).acquired
+    assert not (await store.try_lock("acct", "ghost", 5000, 300, "k")).acquired  # asks once, never again
+    assert not (await store.try_lock("acct", "live", 5000, 300, "k")).acquired
+    assert await store.release_lock("acct", "holder", 0)
+    assert not (await store.try_lock("acct", "live", 5000, 300, "k")).acquired  # the ghost is next
+    started = time.monotonic()
+    while not (await store.try_lock("acct", "live", 5000, 300, "k")).acquired:
+        assert time.monotonic() - started < 1.0
+        await asyncio.sleep(0.05)
+    assert time.monotonic() - started >= 0.2
+    assert await store.waiting("acct") == 0
+
+
+async def test_no_queue_state_outlives_its_waiters(store: Store) -> None:
+    """Served and departed waiters leave nothing; a dead waiter's entries expire with the forget time."""
+    q = queue(store, user_message_queue_timeout_ms=200)
+    assert await q.acquire("acct", "holder", "a")
+    assert not await q.acquire("acct", "impatient", "b")  # times out and leaves
+    assert await q.release("acct", "holder")
+    assert await store.redis.keys(store.tag + ":queue:acct:*") == []
+
+    assert (await store.try_lock("acct", "holder", 5000, 300, "a")).acquired
+    assert not (await store.try_lock("acct", "ghost", 5000, 300, "b")).acquired
+    queue_keys = await store.redis.keys(store.tag + ":queue:acct:*")
+    assert len(queue_keys) == 5
+    assert all(0 < ttl <= 5000 for ttl in [await store.redis.pttl(key) for key in queue_keys])
+    await asyncio.sleep(0.4)
+    assert await store.redis.keys(store.tag + ":queue:acct:*") == [store.queue_lock("acct").encode()]
     await q.close()

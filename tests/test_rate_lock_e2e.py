@@ -3,6 +3,7 @@ previous one's response headers (plus the gap), never for its whole answer."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import socket
@@ -245,3 +246,80 @@ def test_a_lease_outlives_its_ttl_while_the_stream_runs(start_relay, admin: Admi
     streaming.join()
     upstream.handler = None
     assert sdk.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=TOOL_RESULT).content
+
+
+FAIR_HEADER_DELAY = 0.1
+FAIR_GAP_MS = 50
+FLOOD_CONNECTIONS = 60
+STEADY_TURNS = 20
+
+
+def time_to_headers(sdk: anthropic.Anthropic) -> tuple[int, float]:
+    """One human turn; its status and the seconds until the relay's response headers arrived."""
+    started = time.monotonic()
+    try:
+        with sdk.messages.with_streaming_response.create(
+            model="claude-sonnet-4-6", max_tokens=5, messages=HUMAN
+        ) as response:
+            at_headers = time.monotonic() - started
+            response.read()
+    except anthropic.APIStatusError as refused:
+        return refused.status_code, time.monotonic() - started
+    return response.status_code, at_headers
+
+
+def test_a_flooding_key_cannot_hold_back_another_keys_turns(start_relay, admin: Admin, upstream: FakeUpstream) -> None:
+    """Acceptance: one key floods human turns over 60 connections; the other key's turns, sent one after
+    another, each wait behind at most one of the flooder's, and no turn of either times out.
+
+    The timeout is raised because the flooder's own 60 queued turns take 60 turn-times by construction;
+    what this test checks is that the steady key is not made to wait behind them."""
+    relay = start_relay(USER_MESSAGE_QUEUE_DELAY_MS=str(FAIR_GAP_MS), USER_MESSAGE_QUEUE_TIMEOUT_MS="30000")
+    flooder, steady = admin.create_key("flooder"), admin.create_key("steady")
+    admin.add_account("max-1", "sk-ant-oat01-a", kind="oauth")
+    upstream.handler = lambda seen: dataclasses.replace(upstream.default_reply(seen), header_delay=FAIR_HEADER_DELAY)
+    flooding = anthropic.Anthropic(base_url=relay.url, auth_token=flooder, max_retries=0, timeout=60)
+    sdk = anthropic.Anthropic(base_url=relay.url, auth_token=steady, max_retries=0, timeout=60)
+    # Uncontended: what one turn costs end to end (header delay plus the relay's own overhead).
+    alone = [time_to_headers(sdk) for _ in range(3)]
+    assert {status for status, _ in alone} == {200}
+    turn_s = min(t for _, t in alone)
+    time.sleep(FAIR_GAP_MS / 1000 * 2)
+
+    stop = threading.Event()
+    flood: list[tuple[float, int]] = []  # (finished at, status)
+
+    def flood_loop() -> None:
+        while not stop.is_set():
+            status, _ = time_to_headers(flooding)
+            flood.append((time.monotonic(), status))
+
+    threads = [threading.Thread(target=flood_loop) for _ in range(FLOOD_CONNECTIONS)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # the flooder's turns fill the queue
+    steady_started = time.monotonic()
+    waits = []
+    statuses = []
+    for _ in range(STEADY_TURNS):
+        status, at_headers = time_to_headers(sdk)
+        statuses.append(status)
+        waits.append(at_headers - turn_s)
+    steady_ended = time.monotonic()
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=40)
+
+    waits.sort()
+    p90 = waits[int(0.9 * len(waits)) - 1]
+    bound = 2 * (turn_s + FAIR_GAP_MS / 1000)
+    during = sum(1 for at, _ in flood if steady_started <= at <= steady_ended)
+    print(
+        f"\nsteady key: p90 wait {p90 * 1000:.0f} ms (bound {bound * 1000:.0f} ms, max {waits[-1] * 1000:.0f} ms,"
+        f" uncontended turn {turn_s * 1000:.0f} ms); flooder: {len(flood)} turns,"
+        f" {during / (steady_ended - steady_started):.2f} turns/s while the steady key ran"
+    )
+    assert not any(thread.is_alive() for thread in threads)
+    assert statuses == [200] * STEADY_TURNS, statuses
+    assert {status for _, status in flood} == {200}, Counter(status for _, status in flood)
+    assert p90 <= bound, (p90, bound, waits)

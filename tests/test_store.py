@@ -96,6 +96,9 @@ async def test_a_completion_is_one_script_call_that_writes_every_part(store: Sto
     assert cells["cost_nanousd"] == 1_000_000_000
     bucket = store._bucket(store.local_time(now).date().isoformat())
     assert 0 < await store.redis.ttl(bucket) <= 2 * 86400
+    own = {(c.model, c.metric): c.value for c in await store.key_usage_cells("k1", today, today)}
+    assert own[("claude-sonnet-4-6", "input_tokens")] == 7 and own[("claude-sonnet-4-6", "requests")] == 1
+    assert await store.key_usage_cells("k2", today, today) == []
     day = store.spend_key("k1", "day", current["day"].id)
     assert int(await store.redis.get(day)) == 1_000_000_000
     assert await store.redis.ttl(day) > 0

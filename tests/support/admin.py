@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import Any
 
+from relay_core.account_urls import seal_urls
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import TeamKey
@@ -52,6 +53,7 @@ class Admin:
             sealed_secret=self.runtime.keyring.seal(secret, account_id),
             **fields,
         )
+        seal_urls(account, self.runtime.keyring)  # as `relay accounts add-*` stores them
         self._run(lambda rt: rt.store.create_account(account))
         return account
 
