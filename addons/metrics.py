@@ -33,8 +33,8 @@ from relay_core.metering import record_from_stream
 from relay_core.metrics import CONTENT_TYPE
 from relay_core.metrics import RelayMetrics
 from relay_core.metrics import is_loopback
+from relay_core.records import UsageRecord
 from relay_core.sse import SseUsageMeter
-from relay_core.store import UsageRecord
 
 logger = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from relay_core.metering import charge_of
 from relay_core.metering import record_from_body
 from relay_core.metering import record_from_stream
 from relay_core.metering import token_windows
+from relay_core.records import StickyBinding
+from relay_core.records import UsageRecord
 from relay_core.sse import SseUsageMeter
-from relay_core.store import StickyBinding
 from relay_core.store import StoreError
-from relay_core.store import UsageRecord
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from relay_core.health import AccountHealth
 from relay_core.health import Outcome
 from relay_core.models import Account
 from relay_core.models import TeamKey
+from relay_core.records import UsageRecord
 from relay_core.request_body import MessageRequest
 from relay_core.routes import Route
 from relay_core.sse import SseUsageMeter
-from relay_core.store import UsageRecord
 
 METADATA_KEY = "relay"
 

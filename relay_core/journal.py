@@ -25,9 +25,9 @@ from decimal import Decimal
 
 from relay_core.health import HealthRules
 from relay_core.metering import charge_for
+from relay_core.records import UsageRecord
 from relay_core.store import Store
 from relay_core.store import StoreError
-from relay_core.store import UsageRecord
 from relay_core.usage import TokenUsage
 
 logger = logging.getLogger(__name__)

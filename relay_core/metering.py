@@ -14,9 +14,9 @@ from relay_core.limits import periods
 from relay_core.models import TeamKey
 from relay_core.pricing import price_known
 from relay_core.pricing import price_usd
+from relay_core.records import Charge
+from relay_core.records import UsageRecord
 from relay_core.sse import SseUsageMeter
-from relay_core.store import Charge
-from relay_core.store import UsageRecord
 from relay_core.usage import TokenUsage
 
 CHARS_PER_TOKEN = 4

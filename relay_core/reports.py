@@ -13,8 +13,8 @@ from relay_core.limits import NANOS_PER_USD
 from relay_core.limits import periods
 from relay_core.models import KeyLimits
 from relay_core.models import TeamKey
+from relay_core.records import UsageCell
 from relay_core.store import Store
-from relay_core.store import UsageCell
 
 GROUPS = ("key", "account", "model", "day", "hour", "month")
 TOKEN_COLUMNS = (

@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,7 +39,12 @@ from relay_core.limits import Period
 from relay_core.lua import lua
 from relay_core.models import Account
 from relay_core.models import TeamKey
-from relay_core.usage import TokenUsage
+from relay_core.records import Admission
+from relay_core.records import Charge
+from relay_core.records import LockAttempt
+from relay_core.records import StickyBinding
+from relay_core.records import UsageCell
+from relay_core.records import UsageRecord
 
 # KEYS: names, records[, hashes]  ARGV: name, id, json[, hash]
 _CREATE = """
@@ -338,68 +342,6 @@ class StoreError(Exception):
 
 class NameTakenError(Exception):
     pass
-
-
-@dataclass
-class Admission:
-    key: TeamKey
-    accounts: list[Account]
-    lease: int  # 0: no concurrency limit, 1: lease taken, -1: limit reached
-    health: dict[str, AccountHealth]
-    sticky: str | None  # the account the session is bound to, when a session id was given
-    refusal: list[str] | None = None  # the key limit that refused the request (see _ADMIT)
-
-
-@dataclass(frozen=True)
-class Charge:
-    """What a completed request costs its key: spend per budget period, tokens per token window."""
-
-    key_id: str
-    periods: Mapping[str, Period]
-    cost_nanousd: int
-    tokens: int
-    token_windows: tuple[int, ...]  # window lengths (s) with a token limit
-
-
-@dataclass(frozen=True)
-class StickyBinding:
-    key_id: str
-    session: str
-    ttl_s: int
-
-
-@dataclass(frozen=True)
-class LockAttempt:
-    acquired: bool
-    retry_in_ms: int  # when not acquired: until the holder's or gap's TTL ends (-1: unknown)
-
-
-@dataclass
-class UsageRecord:
-    """One finished (or cut-off) response, as written to the usage buckets."""
-
-    at: float
-    key_id: str
-    account_id: str
-    model: str
-    usage: TokenUsage
-    cost_usd: Decimal | None
-    failed: bool = False
-    partial: bool = False
-    estimated: bool = False
-
-
-@dataclass(frozen=True)
-class UsageCell:
-    """One stored counter: hour of `day`, key, account, model, metric."""
-
-    day: str
-    hour: int
-    key_id: str
-    account_id: str
-    model: str
-    metric: str
-    value: int
 
 
 class Store:

@@ -25,11 +25,11 @@ from relay_core.limits import periods
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import TeamKey
+from relay_core.records import Charge
+from relay_core.records import StickyBinding
+from relay_core.records import UsageRecord
 from relay_core.settings import Settings
-from relay_core.store import Charge
-from relay_core.store import StickyBinding
 from relay_core.store import Store
-from relay_core.store import UsageRecord
 from relay_core.store import connect
 from relay_core.usage import TokenUsage
 from tests import test_limits_e2e

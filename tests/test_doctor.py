@@ -25,9 +25,9 @@ from relay_core.health import Outcome
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import new_id
+from relay_core.records import UsageRecord
 from relay_core.settings import Settings
 from relay_core.store import Store
-from relay_core.store import UsageRecord
 from relay_core.usage import TokenUsage
 from tests.support.admin import Admin
 from tests.support.fake_oauth import FakeOAuth

@@ -14,8 +14,8 @@ from relay_core import journal as journal_module
 from relay_core.health import HealthRules
 from relay_core.journal import JournalEntry
 from relay_core.journal import UsageJournal
+from relay_core.records import UsageRecord
 from relay_core.store import Store
-from relay_core.store import UsageRecord
 from relay_core.usage import TokenUsage
 
 

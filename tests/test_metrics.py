@@ -35,10 +35,10 @@ from relay_core.metrics import is_loopback
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import TeamKey
+from relay_core.records import UsageRecord
 from relay_core.routes import Route
 from relay_core.runtime import Runtime
 from relay_core.settings import Settings
-from relay_core.store import UsageRecord
 from relay_core.usage import TokenUsage
 from tests.support.admin import Admin
 from tests.support.fake_upstream import OPUS_EXAMPLE_USAGE

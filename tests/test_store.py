@@ -17,10 +17,10 @@ from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import KeyLimits
 from relay_core.models import TeamKey
-from relay_core.store import Charge
-from relay_core.store import StickyBinding
+from relay_core.records import Charge
+from relay_core.records import StickyBinding
+from relay_core.records import UsageRecord
 from relay_core.store import Store
-from relay_core.store import UsageRecord
 from relay_core.usage import TokenUsage
 
 

@@ -16,10 +16,10 @@ from relay_core.metering import record_from_body
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import TeamKey
+from relay_core.records import UsageRecord
 from relay_core.reports import key_report
 from relay_core.routes import Route
 from relay_core.store import Store
-from relay_core.store import UsageRecord
 from relay_core.usage import TokenUsage
 
 KEY = TeamKey(id="k1", name="me", key_hash="h", hint="rk-")
