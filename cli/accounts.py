@@ -28,18 +28,9 @@ from relay_core.models import new_id
 from relay_core.oauth import OAuthError
 from relay_core.oauth import parse_credentials_json
 from relay_core.runtime import Runtime
+from relay_core.times import iso_utc
 from relay_core.upstream import proxy_of
 from relay_core.upstream import target_of
-
-
-def _when(epoch: float | str | None) -> str | None:
-    """An epoch as UTC ISO time; a value that is no epoch (upstream headers are not ours) is shown as it came."""
-    if epoch in (None, ""):
-        return None
-    try:
-        return dt.datetime.fromtimestamp(float(epoch), dt.UTC).isoformat(timespec="seconds")
-    except (ValueError, OverflowError, OSError):
-        return str(epoch)
 
 
 def account_view(account: Account, health: AccountHealth | None = None, requests_today: int = 0) -> dict[str, Any]:
@@ -52,12 +43,12 @@ def account_view(account: Account, health: AccountHealth | None = None, requests
         "name": account.name,
         "kind": account.kind.value,
         "state": account_state(account, health, now),
-        "limited_until": _when(max(cooling.values())) if cooling else None,
+        "limited_until": iso_utc(max(cooling.values())) if cooling else None,
         "limited_families": ",".join(sorted(cooling)) or None,
         "utilization_5h": limits.get("rl_5h_utilization"),
-        "reset_5h": _when(limits.get("rl_5h_reset")),
+        "reset_5h": iso_utc(limits.get("rl_5h_reset")),
         "utilization_7d": limits.get("rl_7d_utilization"),
-        "reset_7d": _when(limits.get("rl_7d_reset")),
+        "reset_7d": iso_utc(limits.get("rl_7d_reset")),
         "last_error": health.reason or None,
         "requests_today": requests_today,
         "priority": account.priority,
@@ -67,10 +58,10 @@ def account_view(account: Account, health: AccountHealth | None = None, requests
         "proxy": masked_url(shown_url(account, "proxy")),
         "email": account.email,
         "organization": account.organization,
-        "expires_at": _when(account.expires_at),
-        "refreshed_at": _when(account.refreshed_at),
+        "expires_at": iso_utc(account.expires_at),
+        "refreshed_at": iso_utc(account.refreshed_at),
         "refreshable": account.refreshable,
-        "signin_ends_at": _when(account.signin_ends_at),
+        "signin_ends_at": iso_utc(account.signin_ends_at),
         "user_message_queue": {None: "default", True: "on", False: "off"}[account.user_message_queue],
         "allow_extra_usage": account.allow_extra_usage,
         "allow_other_clients": account.allow_other_clients,

@@ -18,10 +18,7 @@ from relay_core.models import TeamKey
 from relay_core.reports import key_report
 from relay_core.reports import limits_view
 from relay_core.runtime import Runtime
-
-
-def _date(epoch: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds") if epoch else None
+from relay_core.times import iso_utc
 
 
 def key_view(key: TeamKey) -> dict[str, Any]:
@@ -36,7 +33,7 @@ def key_view(key: TeamKey) -> dict[str, Any]:
         "limits": limits_view(key.limits),
         "allow_other_clients": key.allow_other_clients,
         "note": key.note,
-        "created": _date(key.created_at),
+        "created": iso_utc(key.created_at),
     }
 
 

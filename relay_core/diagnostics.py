@@ -54,6 +54,7 @@ from relay_core.settings import CONFIG_FILE_ENV
 from relay_core.settings import Settings
 from relay_core.store import Store
 from relay_core.store import StoreError
+from relay_core.times import iso_utc
 
 MASK = "***"
 # Setting (or URL query) names whose values are secrets: secret_key, metrics_token, web_password, ...
@@ -237,10 +238,6 @@ def secret_check(settings: Settings, secret: str | None, source: str, error: str
 # --- accounts and keys ------------------------------------------------------------------------
 
 
-def _when(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
-
-
 def _opens(account: Account, keyring: Keyring) -> bool:
     try:
         keyring.open(account.sealed_secret, account.id)
@@ -267,13 +264,13 @@ def _with_signin(verdict: Check, account: Account, now: float, warning_s: float)
     name = account.name
     again = f"sign it in again: `relay accounts delete {name}`, then `relay accounts add-oauth {name}`"
     if ends_at <= now:
-        level, note = Level.FAIL, f"its sign-in ended at {_when(ends_at)}: its token can no longer be refreshed"
+        level, note = Level.FAIL, f"its sign-in ended at {iso_utc(ends_at)}: its token can no longer be refreshed"
     elif ends_at - now <= warning_s:
         left = _left(ends_at - now)
-        level, note = Level.WARN, f"its sign-in ends at {_when(ends_at)} ({left}; renewing does not move it)"
+        level, note = Level.WARN, f"its sign-in ends at {iso_utc(ends_at)} ({left}; renewing does not move it)"
         again += " before then"
     else:
-        return replace(verdict, detail=f"{verdict.detail}; sign-in ends at {_when(ends_at)}")
+        return replace(verdict, detail=f"{verdict.detail}; sign-in ends at {iso_utc(ends_at)}")
     if not account.enabled:
         level = Level.WARN  # out of rotation: it serves nothing, but will need a sign-in before it is enabled
     if _RANK[level] < _RANK[verdict.level]:
@@ -309,14 +306,14 @@ def _state_check(account: Account, health: AccountHealth, keyring: Keyring | Non
             return Check(
                 check,
                 Level.WARN,
-                f"limited until {_when(max(cooling.values()))} ({families}){reason}",
+                f"limited until {iso_utc(max(cooling.values()))} ({families}){reason}",
                 f"it comes back by itself; `relay accounts reset {name}` retries it now",
             )
         case "expired":
             return Check(
                 check,
                 Level.FAIL,
-                f"expired: the access token ran out at {_when(account.expires_at or 0)} and there is no refresh token",
+                f"expired: the access token ran out at {iso_utc(account.expires_at)} and there is no refresh token",
                 f"sign it in again (`relay accounts delete {name}`, then add-oauth or add-token)",
             )
         case "blocked":
@@ -334,7 +331,7 @@ def _state_check(account: Account, health: AccountHealth, keyring: Keyring | Non
 def _token_check(check: str, account: Account, now: float) -> Check:
     if account.kind is AccountKind.CONSOLE or account.expires_at is None:
         return Check(check, Level.OK, f"active ({account.kind.value})")
-    until = _when(account.expires_at)
+    until = iso_utc(account.expires_at)
     if account.refreshable:
         if account.is_expired(now):
             return Check(check, Level.OK, f"active; token expired at {until}, the relay refreshes it on next use")
@@ -355,10 +352,10 @@ def account_row(account: Account, health: AccountHealth, check: Check, now: floa
         "name": account.name,
         "kind": account.kind.value,
         "state": account_state(account, health, now),
-        "token_expires": _when(account.expires_at) if account.expires_at else None,
-        "signin_ends": _when(account.signin_ends_at) if account.signin_ends_at else None,
+        "token_expires": iso_utc(account.expires_at) if account.expires_at else None,
+        "signin_ends": iso_utc(account.signin_ends_at) if account.signin_ends_at else None,
         "refreshable": account.refreshable,
-        "limited_until": _when(max(cooling)) if cooling else None,
+        "limited_until": iso_utc(max(cooling)) if cooling else None,
         "last_error": health.reason or None,
         "result": check.level.value,
         "detail": check.detail,

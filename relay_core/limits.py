@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from relay_core.errors import RelayError
 from relay_core.models import TeamKey
 from relay_core.pricing import price_known
+from relay_core.times import human_utc
 
 NANOS_PER_USD = 1_000_000_000
 
@@ -61,10 +62,6 @@ def usd(nanos: int | float) -> str:
     return f"${nanos / NANOS_PER_USD:,.2f}"
 
 
-def _at(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def refusal_error(key: TeamKey, refusal: list[str], now_periods: Mapping[str, Period], now: float) -> RelayError:
     """The admission script's refusal, as the answer a client handles and a person understands."""
     kind = refusal[0]
@@ -86,7 +83,11 @@ def refusal_error(key: TeamKey, refusal: list[str], now_periods: Mapping[str, Pe
     period, spent = refusal[1], int(refusal[2])
     budget = key.limits.budgets_nanousd.get(period, 0)
     resets_at = now_periods[period].resets_at
-    when = f" It resets at {_at(resets_at)}." if resets_at else " It does not reset; ask your relay admin to raise it."
+    when = (
+        f" It resets at {human_utc(resets_at)}."
+        if resets_at
+        else " It does not reset; ask your relay admin to raise it."
+    )
     return RelayError(
         402,
         "billing_error",

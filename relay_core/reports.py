@@ -15,6 +15,7 @@ from relay_core.models import KeyLimits
 from relay_core.models import TeamKey
 from relay_core.records import UsageCell
 from relay_core.store import Store
+from relay_core.times import iso_utc
 
 GROUPS = ("key", "account", "model", "day", "hour", "month")
 TOKEN_COLUMNS = (
@@ -69,10 +70,6 @@ def usage_rows(
     return rows
 
 
-def _date(epoch: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds") if epoch else None
-
-
 def limits_view(limits: KeyLimits) -> dict[str, Any]:
     return {
         "windows": [w.model_dump(exclude_none=True) for w in limits.windows],
@@ -80,7 +77,7 @@ def limits_view(limits: KeyLimits) -> dict[str, Any]:
         "models_allow": limits.models_allow,
         "models_deny": limits.models_deny,
         "claude_code_only": limits.claude_code_only,
-        "expires_at": _date(limits.expires_at),
+        "expires_at": iso_utc(limits.expires_at),
         "expires_after_days": limits.expires_after_days,
     }
 
@@ -96,7 +93,7 @@ async def key_report(store: Store, key: TeamKey, days: int = 7) -> dict[str, Any
     return {
         "used": {
             "spend_usd": {period: nanos / NANOS_PER_USD for period, nanos in used["spend_nanousd"].items()},
-            "resets_at": {period: _date(p.resets_at) for period, p in now_periods.items() if p.resets_at},
+            "resets_at": {period: iso_utc(p.resets_at) for period, p in now_periods.items() if p.resets_at},
             "windows": used["windows"],
             "in_flight": used["in_flight"],
         },

@@ -9,7 +9,6 @@ accounts near a subscription limit are a last resort, and the rest share new ses
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import random
 from collections.abc import Collection
@@ -22,6 +21,7 @@ from relay_core.health import AccountHealth
 from relay_core.health import model_family
 from relay_core.models import Account
 from relay_core.models import TeamKey
+from relay_core.times import human_utc
 
 HEALTHY = AccountHealth()
 
@@ -97,7 +97,7 @@ def no_account_error(
     if waits:
         soonest = min(waits)
         seconds = max(1, math.ceil(soonest - now))
-        at = dt.datetime.fromtimestamp(soonest, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        at = human_utc(soonest)
         return RelayError(
             429,
             "rate_limit_error",

@@ -23,6 +23,7 @@ from relay_core.models import Account
 from relay_core.settings import Settings
 from relay_core.store import Store
 from relay_core.store import StoreError
+from relay_core.times import human_utc
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class TokenRefresher:
         logger.warning(
             "account %r: its sign-in ends %s (%.1f days); sign it in again before then (`relay accounts add-oauth`)",
             account.name,
-            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ends_at)),
+            human_utc(ends_at),
             (ends_at - time.time()) / 86400,
         )
 
