@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint
+.PHONY: run test test-fast test-slow bench lint
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(VENV)/bin/python || { PY=$$(scripts/find-python) && "$$PY" -m venv $(VENV); }
@@ -24,9 +24,17 @@ $(CLIENTS_STAMP): $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
 run: $(STAMP)
 	$(VENV)/bin/relay serve
 
-test: $(STAMP) $(CLIENTS_STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest
+# Lint and types, every test but the slow ones, then the slow ones (soak, benchmark smoke) as their own step.
+test: lint $(CLIENTS_STAMP)
+	$(VENV)/bin/pytest -m "not slow"
+	$(MAKE) test-slow
+
+test-slow: $(STAMP)
+	$(VENV)/bin/pytest -m slow
+
+# The edit loop: no relay processes, no slow tests (seconds, not minutes).
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow and not e2e"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -103,3 +103,13 @@ def start_relay(relay_env: dict[str, str]) -> Iterator[Callable[..., RelayProces
     yield start
     for process in started:
         process.stop()
+
+
+PROCESS_FIXTURES = frozenset({"relay", "start_relay"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start relay processes are `e2e`: `make test-fast` leaves them out of the edit loop."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs in CI in a step of its own (make test-slow)
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = (
     "a. serial",

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import pytest
 import redis
 
 from relay_core.metering import estimated_input_tokens
@@ -54,6 +55,8 @@ from tests.support.fake_upstream import Sent
 from tests.support.fake_upstream import message_json
 from tests.support.fake_upstream import sse_frames
 from tests.support.relay_process import RelayProcess
+
+pytestmark = pytest.mark.slow  # runs in CI in a step of its own (make test-slow)
 
 SOAK_SECONDS = float(os.environ.get("RELAY_SOAK_SECONDS", "90"))
 CONCURRENCY = int(os.environ.get("RELAY_SOAK_CONCURRENCY", "16"))
