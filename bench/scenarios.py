@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from bench.load import Conn
 from bench.load import Reply
 from bench.load import Tally
@@ -24,9 +22,10 @@ from bench.load import open_conns
 from bench.load import percentile
 from bench.load import serial
 from bench.procs import memory_kib
+from relay_core.store.server_stats import ServerStats
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-OWN_COMMANDS = {"cmdstat_info", "cmdstat_config|resetstat"}
+OWN_COMMANDS = {"info", "config|resetstat"}
 
 
 @dataclass(frozen=True)
@@ -223,7 +222,7 @@ class Scenarios:
 
     async def store_round_trips(self) -> list[Row]:
         """d. Store work per relay request, and the upstream connections the relay opened for them."""
-        client = redis.Redis.from_url(self.valkey_url)
+        client = ServerStats(self.valkey_url)
         rows: list[Row] = []
         try:
             for stream in (False, True):
@@ -239,7 +238,7 @@ class Scenarios:
             client.close()
         return rows
 
-    async def _store_batch(self, client: redis.Redis, stream: bool) -> tuple[dict[str, float], float, float]:
+    async def _store_batch(self, client: ServerStats, stream: bool) -> tuple[dict[str, float], float, float]:
         """`store_batch` relay requests on fresh connections, `store_concurrency` at a time.
 
         Round trips are the socket reads the server processed (a pipeline or a script call arrives
@@ -250,8 +249,8 @@ class Scenarios:
         per_conn = cfg.store_batch // cfg.store_concurrency
         count = per_conn * cfg.store_concurrency
         upstream_before = await self._upstream_stats()
-        client.config_resetstat()
-        reads_before = self._reads(client)
+        client.reset()
+        reads_before = client.reads_processed()
         conns = await open_conns(self.relay.port, cfg.store_concurrency)
         try:
             batches = await asyncio.gather(*(serial(c, raw, per_conn) for c in conns))
@@ -261,22 +260,14 @@ class Scenarios:
         for batch in batches:
             require_ok(batch, self.relay)
         await asyncio.sleep(1.0)  # usage and lease release are written after the response
-        stats: dict[str, dict[str, Any]] = client.info("commandstats")  # type: ignore[assignment]
+        calls = client.command_calls()
         own_reads = 2  # the commandstats INFO above and the stats INFO below
-        round_trips = (self._reads(client) - reads_before - own_reads) / count
+        round_trips = (client.reads_processed() - reads_before - own_reads) / count
         upstream_after = await self._upstream_stats()
-        per_request = {
-            name.removeprefix("cmdstat_"): values["calls"] / count
-            for name, values in stats.items()
-            if name not in OWN_COMMANDS
-        }
+        per_request = {name: n / count for name, n in calls.items() if name not in OWN_COMMANDS}
         # the second stats request opened one upstream connection itself
         connects = (upstream_after["connections"] - upstream_before["connections"] - 1) / count
         return dict(sorted(per_request.items(), key=lambda kv: -kv[1])), round_trips, connects
-
-    @staticmethod
-    def _reads(client: redis.Redis) -> int:
-        return int(client.info("stats")["total_reads_processed"])  # type: ignore[index]
 
     async def _upstream_stats(self) -> dict[str, int]:
         conn = Conn(self.direct.port)

@@ -11,7 +11,6 @@ import click
 from pydantic import ValidationError
 
 from relay_core.crypto import SecretError
-from relay_core.embedded_store import EmbeddedStoreError
 from relay_core.runtime import Runtime
 from relay_core.runtime import SecretMismatchError
 from relay_core.runtime import load_settings
@@ -19,6 +18,7 @@ from relay_core.settings import Settings
 from relay_core.settings import settings_error_text
 from relay_core.store import NameTakenError
 from relay_core.store import StoreError
+from relay_core.store.embedded import EmbeddedStoreError
 
 
 def cli_settings(**overrides: Any) -> Settings:

@@ -9,10 +9,10 @@ import click
 from cli.context import cli_settings
 from cli.output import emit_record
 from cli.output import format_option
-from relay_core.embedded_store import server_pid
-from relay_core.embedded_store import socket_path
-from relay_core.embedded_store import stop_embedded_store
 from relay_core.settings import Settings
+from relay_core.store.embedded import server_pid
+from relay_core.store.embedded import socket_path
+from relay_core.store.embedded import stop_embedded_store
 
 
 @click.group()

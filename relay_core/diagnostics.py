@@ -39,8 +39,6 @@ from relay_core.crypto import DecryptError
 from relay_core.crypto import Keyring
 from relay_core.crypto import SecretError
 from relay_core.crypto import load_or_create_secret
-from relay_core.embedded_store import EmbeddedStoreError
-from relay_core.embedded_store import ensure_embedded_store
 from relay_core.health import AccountHealth
 from relay_core.health import account_state
 from relay_core.models import Account
@@ -54,6 +52,8 @@ from relay_core.settings import CONFIG_FILE_ENV
 from relay_core.settings import Settings
 from relay_core.store import Store
 from relay_core.store import StoreError
+from relay_core.store.embedded import EmbeddedStoreError
+from relay_core.store.embedded import ensure_embedded_store
 from relay_core.times import iso_utc
 
 MASK = "***"

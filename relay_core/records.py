@@ -24,7 +24,7 @@ class Admission:
     lease: int  # 0: no concurrency limit, 1: lease taken, -1: limit reached
     health: dict[str, AccountHealth]
     sticky: str | None  # the account the session is bound to, when a session id was given
-    refusal: list[str] | None = None  # the key limit that refused the request (see _ADMIT)
+    refusal: list[str] | None = None  # the key limit that refused the request (see store/lua/admit.lua)
 
 
 @dataclass(frozen=True)

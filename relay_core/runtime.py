@@ -12,13 +12,13 @@ from typing import Any
 
 from relay_core.crypto import Keyring
 from relay_core.crypto import load_or_create_secret
-from relay_core.embedded_store import ensure_embedded_store
-from relay_core.embedded_store import is_running
 from relay_core.journal import UsageJournal
 from relay_core.leases import LeaseKeeper
 from relay_core.settings import CONFIG_FILE_ENV
 from relay_core.settings import Settings
 from relay_core.store import Store
+from relay_core.store.embedded import ensure_embedded_store
+from relay_core.store.embedded import is_running
 from relay_core.token_refresh import TokenRefresher
 from relay_core.user_queue import UserMessageQueue
 

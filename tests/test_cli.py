@@ -12,8 +12,8 @@ import redis
 from click.testing import CliRunner
 
 from cli.main import main
-from relay_core.embedded_store import socket_path
-from relay_core.embedded_store import stop_embedded_store
+from relay_core.store.embedded import socket_path
+from relay_core.store.embedded import stop_embedded_store
 from tests.support.relay_process import RelayProcess
 
 

@@ -21,11 +21,11 @@ import redis
 from click.testing import CliRunner
 
 from cli.main import main
-from relay_core.embedded_store import ensure_embedded_store
-from relay_core.embedded_store import server_pid
-from relay_core.embedded_store import socket_path
-from relay_core.embedded_store import stop_embedded_store
 from relay_core.settings import Settings
+from relay_core.store.embedded import ensure_embedded_store
+from relay_core.store.embedded import server_pid
+from relay_core.store.embedded import socket_path
+from relay_core.store.embedded import stop_embedded_store
 from tests.support.admin import Admin
 from tests.support.fake_upstream import FakeUpstream
 

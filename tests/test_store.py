@@ -94,7 +94,7 @@ async def test_a_completion_is_one_script_call_that_writes_every_part(store: Sto
     cells = {cell.metric: cell.value for cell in await store.usage_cells(today, today)}
     assert cells["input_tokens"] == 7 and cells["output_tokens"] == 3 and cells["requests"] == 1
     assert cells["cost_nanousd"] == 1_000_000_000
-    bucket = store._bucket(store.local_time(now).date().isoformat())
+    bucket = store.usage_bucket(store.local_time(now).date().isoformat())
     assert 0 < await store.redis.ttl(bucket) <= 2 * 86400
     own = {(c.model, c.metric): c.value for c in await store.key_usage_cells("k1", today, today)}
     assert own[("claude-sonnet-4-6", "input_tokens")] == 7 and own[("claude-sonnet-4-6", "requests")] == 1

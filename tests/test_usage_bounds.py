@@ -51,7 +51,7 @@ async def test_a_key_report_reads_only_its_own_usage_however_large_the_team_s(st
     now = time.time()
     day = store.local_time(now).date().isoformat()
     # 20,000 other keys' cells with unique model names, as a flood would leave them in the team's bucket
-    await store.redis.hset(store._bucket(day), mapping={f"10|k2|a1|m{n}|requests": 1 for n in range(20_000)})
+    await store.redis.hset(store.usage_bucket(day), mapping={f"10|k2|a1|m{n}|requests": 1 for n in range(20_000)})
     usage = UsageRecord(now, "k1", "a1", "claude-sonnet-4-6", TokenUsage(input_tokens=5), Decimal("0.001"))
     await store.record_completion("a1", None, HealthRules(), usage, 30)
 
