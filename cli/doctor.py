@@ -12,18 +12,19 @@ import json
 import click
 from tabulate import tabulate
 
-from cli.context import cli_settings
+from cli.context import CliContext
+from cli.context import pass_cli_context
 from cli.output import format_option
-from relay_core.diagnostics import Check
-from relay_core.diagnostics import Level
-from relay_core.diagnostics import Report
-from relay_core.diagnostics import diagnose
+from relay_core.diagnostics.checks import Check
+from relay_core.diagnostics.checks import Level
+from relay_core.diagnostics.report import Report
+from relay_core.diagnostics.report import diagnose
 
 ACCOUNT_COLUMNS = ("name", "kind", "state", "token_expires", "signin_ends", "result", "detail")
 
 
-def _run(active: bool) -> Report:
-    return asyncio.run(diagnose(cli_settings(), active=active))
+def _run(context: CliContext, active: bool) -> Report:
+    return asyncio.run(diagnose(context.settings(), active=active))
 
 
 def _check_rows(checks: list[Check]) -> str:
@@ -49,9 +50,10 @@ def _json(report: Report, **parts: object) -> None:
 
 @click.command()
 @format_option()
-def status(fmt: str) -> None:
+@pass_cli_context
+def status(context: CliContext, fmt: str) -> None:
     """Settings in force (secrets masked), store, server secret, accounts and keys. Reads only."""
-    report = _run(active=False)
+    report = _run(context, active=False)
     checks = [dataclasses.asdict(c) for c in report.checks]
     if fmt == "json":
         _json(report, settings=report.settings, checks=checks, accounts=report.accounts, keys=report.keys)
@@ -67,9 +69,10 @@ def status(fmt: str) -> None:
 
 @click.command()
 @format_option()
-def doctor(fmt: str) -> None:
+@pass_cli_context
+def doctor(context: CliContext, fmt: str) -> None:
     """Every status check plus the network: upstreams, the OAuth token endpoint, the listening port."""
-    report = _run(active=True)
+    report = _run(context, active=True)
     if fmt == "json":
         _json(report, checks=[dataclasses.asdict(c) for c in report.checks])
         return

@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from cli.context import run
+from cli.context import CliContext
+from cli.context import pass_cli_context
 from cli.output import emit_record
 from cli.output import emit_rows
 from cli.output import format_option
-from relay_core.limits import NANOS_PER_USD
+from relay_core.admin.keys import KeyChanges
+from relay_core.admin.service import AdminService
+from relay_core.admin.views import key_view
 from relay_core.models import LimitWindow
-from relay_core.models import TeamKey
-from relay_core.reports import key_report
-from relay_core.reports import limits_view
-from relay_core.runtime import Runtime
-from relay_core.times import iso_utc
-
-
-def key_view(key: TeamKey) -> dict[str, Any]:
-    return {
-        "id": key.id,
-        "name": key.name,
-        "key": key.hint + "…",
-        "enabled": key.enabled,
-        "concurrency": key.concurrency,
-        "account": key.account_id,
-        "group": key.group,
-        "limits": limits_view(key.limits),
-        "allow_other_clients": key.allow_other_clients,
-        "note": key.note,
-        "created": iso_utc(key.created_at),
-    }
 
 
 def _window(text: str) -> LimitWindow:
@@ -96,55 +77,24 @@ def limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-async def apply_limits(runtime: Runtime, key: TeamKey, options: dict[str, Any]) -> None:
-    limits = key.limits
-    if options["concurrency"] is not None:
-        key.concurrency = options["concurrency"] or None
-    windows = {w.seconds: w for w in limits.windows}
-    for field, value in (("requests", options["rpm"]), ("tokens", options["tpm"])):
-        if value is not None:
-            minute = windows.setdefault(60, LimitWindow(seconds=60))
-            setattr(minute, field, value or None)
-    for text in options["windows"]:
-        window = _window(text)
-        windows[window.seconds] = window
-    limits.windows = sorted((w for w in windows.values() if w.requests or w.tokens), key=lambda w: w.seconds)
-    for option, period in BUDGET_OPTIONS.items():
-        if options[option] is not None:
-            limits.budgets_nanousd[period] = round(options[option] * NANOS_PER_USD)
-            if not options[option]:
-                del limits.budgets_nanousd[period]
-    if options["allow_models"] is not None:
-        limits.models_allow = _patterns(options["allow_models"])
-    if options["deny_models"] is not None:
-        limits.models_deny = _patterns(options["deny_models"])
-    if options["claude_code_only"] is not None:
-        limits.claude_code_only = options["claude_code_only"]
-    if options["allow_other_clients"] is not None:
-        key.allow_other_clients = options["allow_other_clients"]
-    if options["expires"] is not None:
-        limits.expires_at = options["expires"].replace(tzinfo=dt.UTC).timestamp() + 86400
-    if options["expires_after_days"] is not None:
-        limits.expires_after_days = options["expires_after_days"] or None
-    if options["account_name"] is not None:
-        account = await runtime.store.find_account(options["account_name"]) if options["account_name"] else None
-        if options["account_name"] and account is None:
-            raise click.BadParameter(f"no account named {options['account_name']!r}", param_hint="--account")
-        key.account_id = account.id if account else None
-    if options["group"] is not None:
-        key.group = options["group"] or None
-
-
-async def _require(runtime: Runtime, name: str) -> TeamKey:
-    key = await runtime.store.find_key(name)
-    if key is None:
-        raise click.ClickException(f"no team key named {name!r} (see `relay keys list`)")
-    return key
-
-
-def _issue(runtime: Runtime) -> tuple[str, str, str]:
-    secret = runtime.keyring.new_team_key()
-    return secret, runtime.keyring.hash_team_key(secret), secret[:7]
+def key_changes(options: dict[str, Any], note: str | None = None) -> KeyChanges:
+    """The limit options as the service's KeyChanges (parsing only: the service applies them)."""
+    return KeyChanges(
+        note=note,
+        concurrency=options["concurrency"],
+        rpm=options["rpm"],
+        tpm=options["tpm"],
+        windows=tuple(_window(text) for text in options["windows"]),
+        budgets_usd={period: options[o] for o, period in BUDGET_OPTIONS.items() if options[o] is not None},
+        models_allow=_patterns(options["allow_models"]) if options["allow_models"] is not None else None,
+        models_deny=_patterns(options["deny_models"]) if options["deny_models"] is not None else None,
+        claude_code_only=options["claude_code_only"],
+        allow_other_clients=options["allow_other_clients"],
+        last_day=options["expires"].date() if options["expires"] is not None else None,
+        expires_after_days=options["expires_after_days"],
+        account=options["account_name"],
+        group=options["group"],
+    )
 
 
 def _show_secret(secret: str, view: dict[str, Any], fmt: str) -> None:
@@ -165,48 +115,34 @@ def keys() -> None:
 @click.option("--note", default="", help="free text, e.g. the owner")
 @limit_options
 @format_option()
-def create(name: str, note: str, fmt: str, **options: Any) -> None:
+@pass_cli_context
+def create(context: CliContext, name: str, note: str, fmt: str, **options: Any) -> None:
     """Create a key and print its secret once."""
-
-    async def op(runtime: Runtime) -> tuple[str, TeamKey]:
-        secret, key_hash, hint = _issue(runtime)
-        key = TeamKey(name=name, key_hash=key_hash, hint=hint, note=note)
-        await apply_limits(runtime, key, options)
-        await runtime.store.create_key(key)
-        return secret, key
-
-    secret, key = run(op)
-    _show_secret(secret, key_view(key), fmt)
+    changes = key_changes(options, note)
+    issued = context.run(lambda admin: admin.keys.create(name, changes))
+    _show_secret(issued.secret, key_view(issued.key), fmt)
 
 
 @keys.command("list")
 @format_option()
-def list_keys(fmt: str) -> None:
+@pass_cli_context
+def list_keys(context: CliContext, fmt: str) -> None:
     """All keys (never their secrets)."""
-    emit_rows([key_view(k) for k in run(lambda rt: rt.store.list_keys())], fmt)
+    emit_rows([key_view(k) for k in context.run(lambda admin: admin.keys.list_keys())], fmt)
 
 
 @keys.command()
 @click.argument("name")
 @format_option()
-def show(name: str, fmt: str) -> None:
+@pass_cli_context
+def show(context: CliContext, name: str, fmt: str) -> None:
     """One key: its limits next to what it has used of them."""
 
-    async def op(runtime: Runtime) -> dict[str, Any]:
-        key = await _require(runtime, name)
-        return {**key_view(key), **await key_report(runtime.store, key)}
+    async def op(admin: AdminService) -> dict[str, Any]:
+        key = await admin.keys.get(name)
+        return {**key_view(key), **await admin.keys.report(key)}
 
-    emit_record(run(op), fmt)
-
-
-def _set_enabled(name: str, enabled: bool) -> None:
-    async def op(runtime: Runtime) -> None:
-        key = await _require(runtime, name)
-        key.enabled = enabled
-        await runtime.store.save_key(key)
-
-    run(op)
-    click.echo(f"key {name} {'enabled' if enabled else 'disabled'}")
+    emit_record(context.run(op), fmt)
 
 
 @keys.command()
@@ -214,61 +150,51 @@ def _set_enabled(name: str, enabled: bool) -> None:
 @click.option("--note", default=None, help="free text, e.g. the owner")
 @limit_options
 @format_option()
-def update(name: str, note: str | None, fmt: str, **options: Any) -> None:
+@pass_cli_context
+def update(context: CliContext, name: str, note: str | None, fmt: str, **options: Any) -> None:
     """Change a key's note, limits or binding (0 or '' removes a limit)."""
+    changes = key_changes(options, note)
+    emit_record(key_view(context.run(lambda admin: admin.keys.update(name, changes))), fmt)
 
-    async def op(runtime: Runtime) -> TeamKey:
-        key = await _require(runtime, name)
-        if note is not None:
-            key.note = note
-        await apply_limits(runtime, key, options)
-        await runtime.store.save_key(key)
-        return key
 
-    emit_record(key_view(run(op)), fmt)
+def _set_enabled(context: CliContext, name: str, enabled: bool) -> None:
+    context.run(lambda admin: admin.keys.set_enabled(name, enabled))
+    click.echo(f"key {name} {'enabled' if enabled else 'disabled'}")
 
 
 @keys.command()
 @click.argument("name")
-def enable(name: str) -> None:
+@pass_cli_context
+def enable(context: CliContext, name: str) -> None:
     """Let the key be used again."""
-    _set_enabled(name, True)
+    _set_enabled(context, name, True)
 
 
 @keys.command()
 @click.argument("name")
-def disable(name: str) -> None:
+@pass_cli_context
+def disable(context: CliContext, name: str) -> None:
     """Refuse the key (401) until enabled again."""
-    _set_enabled(name, False)
+    _set_enabled(context, name, False)
 
 
 @keys.command()
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def delete(name: str, yes: bool) -> None:
+@pass_cli_context
+def delete(context: CliContext, name: str, yes: bool) -> None:
     """Delete the key for good (its usage history stays)."""
     if not yes:
         click.confirm(f"Delete key {name}?", abort=True)
-
-    async def op(runtime: Runtime) -> None:
-        await runtime.store.delete_key(await _require(runtime, name))
-
-    run(op)
+    context.run(lambda admin: admin.keys.delete(name))
     click.echo(f"key {name} deleted")
 
 
 @keys.command()
 @click.argument("name")
 @format_option()
-def rotate(name: str, fmt: str) -> None:
+@pass_cli_context
+def rotate(context: CliContext, name: str, fmt: str) -> None:
     """Replace the key's secret; the old one stops working at once."""
-
-    async def op(runtime: Runtime) -> tuple[str, TeamKey]:
-        key = await _require(runtime, name)
-        old_hash = key.key_hash
-        secret, key.key_hash, key.hint = _issue(runtime)
-        await runtime.store.save_key(key, old_hash=old_hash)
-        return secret, key
-
-    secret, key = run(op)
-    _show_secret(secret, key_view(key), fmt)
+    issued = context.run(lambda admin: admin.keys.rotate(name))
+    _show_secret(issued.secret, key_view(issued.key), fmt)

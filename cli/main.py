@@ -1,11 +1,11 @@
-"""Entry point of the `relay` command."""
+"""Entry point of the `relay` command: the root group, its context object, and every command group."""
 
 from __future__ import annotations
 
 import click
 
-from cli import signin  # noqa: F401  (registers add-oauth, refresh, test on `relay accounts`)
 from cli.accounts import accounts
+from cli.context import CliContext
 from cli.doctor import doctor
 from cli.doctor import status
 from cli.keys import keys
@@ -23,8 +23,10 @@ from cli.web import web
     envvar="RELAY_CONFIG",
     help="TOML settings file (RELAY_* environment variables override it)",
 )
-def main(config: str | None) -> None:
+@click.pass_context
+def main(ctx: click.Context, config: str | None) -> None:
     """claude-relay: share Claude subscriptions and API keys across a team."""
+    ctx.obj = CliContext(config)
 
 
 main.add_command(serve)

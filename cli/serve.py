@@ -27,7 +27,8 @@ from mitmproxy.master import Master
 from mitmproxy.proxy import mode_servers
 
 from addons.bundle import relay_chain
-from cli.context import open_runtime
+from cli.context import CliContext
+from cli.context import pass_cli_context
 from cli.workers import Supervisor
 from relay_core.request_log import REQUEST_LOGGER
 from relay_core.runtime import Runtime
@@ -110,11 +111,12 @@ async def listen_with_shared_port(self: mode_servers.ReverseInstance, host: str,
     help="relay processes sharing the port (default: RELAY_WORKERS or 1)",
 )
 @click.option("--shared-port", is_flag=True, hidden=True, help="bind with SO_REUSEPORT (set by the supervisor)")
-def serve(listen: str | None, workers: int | None, shared_port: bool) -> None:
+@pass_cli_context
+def serve(context: CliContext, listen: str | None, workers: int | None, shared_port: bool) -> None:
     """Run the relay."""
     run_optimized()
     configure_logging()
-    runtime = open_runtime(**({"listen": listen} if listen else {}))
+    runtime = context.open_runtime(**({"listen": listen} if listen else {}))
     workers = workers or runtime.settings.workers
     if workers > 1 and not shared_port:
         raise SystemExit(Supervisor(runtime, workers).run())

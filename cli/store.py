@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from cli.context import cli_settings
+from cli.context import CliContext
+from cli.context import pass_cli_context
 from cli.output import emit_record
 from cli.output import format_option
 from relay_core.settings import Settings
@@ -20,8 +21,8 @@ def store() -> None:
     """The embedded store (used when no RELAY_REDIS_URL is set)."""
 
 
-def _embedded() -> Settings:
-    settings = cli_settings()
+def _embedded(context: CliContext) -> Settings:
+    settings = context.settings()
     if settings.redis_url:
         raise click.ClickException("the relay uses RELAY_REDIS_URL, not an embedded store; manage that server itself")
     return settings
@@ -29,9 +30,10 @@ def _embedded() -> Settings:
 
 @store.command("status")
 @format_option()
-def store_status(fmt: str) -> None:
+@pass_cli_context
+def store_status(context: CliContext, fmt: str) -> None:
     """Whether the data dir's store server runs (exit 1 when it does not). Starts nothing."""
-    settings = _embedded()
+    settings = _embedded(context)
     pid = server_pid(settings.data_dir)
     emit_record(
         {
@@ -47,9 +49,10 @@ def store_status(fmt: str) -> None:
 
 
 @store.command("stop")
-def store_stop() -> None:
+@pass_cli_context
+def store_stop(context: CliContext) -> None:
     """Shut the store server down, saving its data. A running relay starts it again within a second."""
-    settings = _embedded()
+    settings = _embedded(context)
     if stop_embedded_store(settings.data_dir):
         click.echo("stopped")
     else:

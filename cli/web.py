@@ -19,7 +19,8 @@ from mitmproxy.tools.web.master import WebMaster
 from addons.bundle import relay_chain
 from addons.replay_refusal import ReplayRefusal
 from addons.web_redaction import WebRedaction
-from cli.context import open_runtime
+from cli.context import CliContext
+from cli.context import pass_cli_context
 from cli.serve import DEAD_END_TARGET
 from cli.serve import LOG_FORMAT
 from cli.serve import loop_factory
@@ -55,12 +56,13 @@ async def run_web(runtime: Runtime) -> None:
 @click.command()
 @click.option("--listen", default=None, help="proxy host:port (default: RELAY_LISTEN or 127.0.0.1:8080)")
 @click.option("--web-listen", default=None, help="UI host:port (default: RELAY_WEB_LISTEN or 127.0.0.1:8081)")
-def web(listen: str | None, web_listen: str | None) -> None:
+@pass_cli_context
+def web(context: CliContext, listen: str | None, web_listen: str | None) -> None:
     """Run the relay under mitmweb to debug live traffic (redacted, bounded)."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no line per connection
     logging.getLogger("mitmproxy.tools.web.master").setLevel(logging.INFO)  # "Web server listening at <login URL>"
     overrides = {"listen": listen, "web_listen": web_listen}
-    runtime = open_runtime(**{name: value for name, value in overrides.items() if value})
+    runtime = context.open_runtime(**{name: value for name, value in overrides.items() if value})
     raise_open_files_limit()
     asyncio.run(run_web(runtime), loop_factory=loop_factory())

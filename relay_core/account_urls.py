@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 from urllib.parse import urlunsplit
 
 from relay_core.crypto import Keyring
+from relay_core.masking import MASK
 from relay_core.models import Account
 
 URL_FIELDS = ("base_url", "proxy")
-MASK = "***"
 
 
 def _split(url: str) -> tuple[str, str | None]:

@@ -323,19 +323,10 @@ def test_sign_in_ends_warn_ahead_and_fail_once_passed(env: dict[str, str], admin
     now = time.time()
     days = 86400
     ends = {"ended": now - days, "soon": now + 5 * days, "later": now + 60 * days, "off-ended": now - days}
-    keyring = admin.runtime.keyring
     for name, ends_at in ends.items():
-        account_id = new_id()
-        account = Account(
-            id=account_id,
-            name=name,
-            kind=AccountKind.OAUTH,
-            sealed_secret=keyring.seal(ACCESS, account_id),
-            sealed_refresh_token=keyring.seal(REFRESH, account_id),
-            expires_at=now + 3600,
-            signin_ends_at=ends_at,
+        admin.add_account(
+            name, ACCESS, kind="oauth", refresh_token=REFRESH, expires_at=now + 3600, signin_ends_at=ends_at
         )
-        admin._run(lambda rt, account=account: rt.store.create_account(account))
     ok("accounts", "disable", "off-ended")
 
     result = cli("status", "--format", "json")

@@ -81,19 +81,14 @@ def add_signed_in_account(
 ) -> tuple[Account, dict]:
     """Like Admin.add_account, it serves the SDK clients these tests use (allow_other_clients)."""
     issued = oauth.issue_tokens()
-    account_id = new_id()
-    fields.setdefault("allow_other_clients", True)
-    seal = admin.runtime.keyring.seal
-    account = Account(
-        id=account_id,
-        name=name,
-        kind=AccountKind.OAUTH,
-        sealed_secret=seal(issued["access_token"], account_id),
-        sealed_refresh_token=seal(issued["refresh_token"], account_id),
+    account = admin.add_account(
+        name,
+        issued["access_token"],
+        kind="oauth",
+        refresh_token=issued["refresh_token"],
         expires_at=time.time() + expires_in,
         **fields,
     )
-    admin._run(lambda rt: rt.store.create_account(account))
     return account, issued
 
 
@@ -159,10 +154,10 @@ def stored_account_or_none(admin: Admin, name: str) -> Account | None:
 def test_sign_in_reads_the_pasted_code_from_stdin(
     cli, monkeypatch: pytest.MonkeyPatch, oauth: FakeOAuth, admin: Admin
 ) -> None:
-    import cli.signin as signin
+    from relay_core import oauth as oauth_flow
 
-    pkce = signin.oauth.new_pkce()
-    monkeypatch.setattr(signin.oauth, "new_pkce", lambda: pkce)  # known in advance, so the code can be too
+    pkce = oauth_flow.new_pkce()
+    monkeypatch.setattr(oauth_flow, "new_pkce", lambda: pkce)  # known in advance, so the code can be too
     code = oauth.authorize(pkce.challenge, pkce.state)
     result = CliRunner().invoke(
         main, ["accounts", "add-oauth", "max-3", "--format", "json"], input=f"{code}#{pkce.state}\n"

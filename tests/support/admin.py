@@ -9,11 +9,11 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import Any
 
-from relay_core.account_urls import seal_urls
+from relay_core.admin.keys import KeyChanges
+from relay_core.admin.service import AdminService
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import TeamKey
-from relay_core.models import new_id
 from relay_core.reports import usage_rows
 from relay_core.runtime import Runtime
 from relay_core.settings import Settings
@@ -34,31 +34,28 @@ class Admin:
 
         return asyncio.run(main())
 
+    def _admin[T](self, operation: Callable[[AdminService], Awaitable[T]]) -> T:
+        """One operation of the admin service the CLI uses, on a Runtime of its own."""
+        return self._run(lambda rt: operation(AdminService(rt)))
+
     def create_key(self, name: str, enabled: bool = True) -> str:
-        secret = self.runtime.keyring.new_team_key()
-        key = TeamKey(name=name, key_hash=self.runtime.keyring.hash_team_key(secret), hint=secret[:7], enabled=enabled)
-        self._run(lambda rt: rt.store.create_key(key))
-        return secret
+        async def op(admin: AdminService) -> str:
+            issued = await admin.keys.create(name)
+            if not enabled:
+                await admin.keys.set_enabled(name, False)
+            return issued.secret
+
+        return self._admin(op)
 
     def add_account(self, name: str, secret: str, kind: str = "console", **fields: Any) -> Account:
         """Subscription accounts serve the SDK clients these tests use (allow_other_clients) unless a test
         that is about the client policy says otherwise."""
-        account_id = new_id()
         if kind == "oauth":
             fields.setdefault("allow_other_clients", True)
-        account = Account(
-            id=account_id,
-            name=name,
-            kind=AccountKind(kind),
-            sealed_secret=self.runtime.keyring.seal(secret, account_id),
-            **fields,
-        )
-        seal_urls(account, self.runtime.keyring)  # as `relay accounts add-*` stores them
-        self._run(lambda rt: rt.store.create_account(account))
-        return account
+        return self._admin(lambda admin: admin.accounts.add(name, AccountKind(kind), secret, **fields))
 
     def set_key_enabled(self, name: str, enabled: bool) -> None:
-        self.update_key(name, lambda key: setattr(key, "enabled", enabled))
+        self._admin(lambda admin: admin.keys.set_enabled(name, enabled))
 
     def update_key(self, name: str, change: Callable[[TeamKey], None]) -> None:
         async def op(rt: Runtime) -> None:
@@ -70,7 +67,7 @@ class Admin:
         self._run(op)
 
     def set_key_concurrency(self, name: str, concurrency: int | None) -> None:
-        self.update_key(name, lambda key: setattr(key, "concurrency", concurrency))
+        self._admin(lambda admin: admin.keys.update(name, KeyChanges(concurrency=concurrency or 0)))
 
     def lock_and_lease_state(self, key_name: str, account_ids: list[str]) -> dict[str, Any]:
         """Live leases of a key, and each account's lock holder and waiter count."""
@@ -114,12 +111,7 @@ class Admin:
         self._run(op)
 
     def reset_health_of(self, name: str) -> None:
-        async def op(rt: Runtime) -> None:
-            account = await rt.store.find_account(name)
-            assert account is not None
-            await rt.store.reset_health(account.id)
-
-        self._run(op)
+        self._admin(lambda admin: admin.accounts.reset(name))
 
     def flush(self) -> None:
         async def op(rt: Runtime) -> None:
