@@ -10,7 +10,6 @@ import click
 
 from cli.accounts import _require
 from cli.accounts import _show
-from cli.accounts import _when
 from cli.accounts import accounts
 from cli.accounts import check_urls
 from cli.accounts import priority_option
@@ -22,12 +21,13 @@ from cli.output import format_option
 from relay_core import oauth
 from relay_core.account_urls import opened
 from relay_core.account_urls import seal_urls
-from relay_core.health import judge
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import new_id
 from relay_core.probe import probe
+from relay_core.protocols.anthropic.health import judge
 from relay_core.runtime import Runtime
+from relay_core.times import iso_utc
 from relay_core.token_refresh import RefreshFailed
 
 LOGIN_TTL_S = 900
@@ -154,7 +154,7 @@ def test(name: str, model: str, fmt: str) -> None:
             result.status, result.headers, result.body, account.kind, rules, allow_extra_usage=account.allow_extra_usage
         )
         await runtime.store.record_completion(account.id, outcome, rules)
-        limits = {field: _when(value) if field.endswith("reset") else value for field, value in result.limits().items()}
+        limits = {name: iso_utc(value) if name.endswith("reset") else value for name, value in result.limits().items()}
         return {
             "account": name,
             "status": result.status,
