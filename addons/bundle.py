@@ -6,7 +6,7 @@ from addons.auth import Auth
 from addons.client_timeouts import ClientTimeouts
 from addons.concurrency_lease import ConcurrencyLease
 from addons.connection_cap import ConnectionCap
-from addons.error_pages import AnthropicErrorPages
+from addons.error_pages import ErrorPages
 from addons.failover import Failover
 from addons.graceful_drain import GracefulDrain
 from addons.metrics import Metrics
@@ -28,7 +28,7 @@ def relay_chain(runtime: Runtime | None = None) -> RelayChain:
     return RelayChain(
         [
             shared,
-            AnthropicErrorPages(),
+            ErrorPages(),
             ConnectionCap(shared),
             ClientTimeouts(shared),
             Metrics(shared),

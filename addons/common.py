@@ -14,6 +14,7 @@ from relay_core.errors import RelayError
 from relay_core.errors import internal_error
 from relay_core.flow_state import METADATA_KEY
 from relay_core.flow_state import FlowState
+from relay_core.protocols import default_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +31,11 @@ def pending_state(flow: http.HTTPFlow) -> FlowState | None:
 
 
 def refuse(flow: http.HTTPFlow, error: RelayError) -> None:
-    """Answer the flow locally with an Anthropic-shaped error; nothing goes upstream."""
+    """Answer the flow locally with an error in its protocol's shape; nothing goes upstream."""
     state = state_of(flow)
     request_id = state.request_id if state else "req_relay_unknown"
-    flow.response = http.Response.make(error.status, error.body(request_id), error.headers(request_id))
+    protocol = state.protocol if state else default_protocol()
+    flow.response = http.Response.make(error.status, protocol.error_body(error, request_id), error.headers(request_id))
     if state is not None:
         state.refused = True
 

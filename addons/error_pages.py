@@ -1,10 +1,11 @@
 """Errors that mitmproxy answers itself, in the shapes Claude Code understands.
 
 - Before a response started (upstream unreachable, malformed HTTP): mitmproxy writes an HTML page
-  from one function of its HTTP/1 layer; it becomes Anthropic's JSON error envelope.
+  from one function of its HTTP/1 layer; it becomes the default protocol's (Anthropic's) JSON error envelope.
 - After an SSE response started (the upstream died mid-stream): mitmproxy just closes the client's
-  connection; the stream now ends with an Anthropic `event: error` frame and a proper last chunk, as
-  the API itself does, so clients report an overloaded upstream instead of a broken connection.
+  connection; the stream now ends with the default protocol's error event (Anthropic's `event: error`
+  frame) and a proper last chunk, as the API itself does, so clients report an overloaded upstream
+  instead of a broken connection. Neither place knows the flow, so neither knows its protocol.
 
 - When the relay gave up on the upstream (addons/upstream_timeouts.py closed it): `504 timeout_error`
   before the response started, the same error as an SSE `event: error` after; both name the setting.
@@ -15,7 +16,6 @@ layer when it loads. No upstream address leaks into a message.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from mitmproxy import http
@@ -30,6 +30,7 @@ from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
 from relay_core.errors import RelayError
 from relay_core.errors import new_request_id
+from relay_core.protocols import default_protocol
 from relay_core.timeouts import UpstreamTimeout
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ gave_up: dict[str, UpstreamTimeout] = {}
 ERROR_TYPES = {400: "invalid_request_error", 408: "timeout_error", 413: "request_too_large", 504: "timeout_error"}
 
 
-def anthropic_error_response(status_code: int, message: str = "") -> bytes:
+def error_page_response(status_code: int, message: str = "") -> bytes:
     if status_code >= 500:
         text = "The relay could not get an answer from the upstream; retrying may use another account."
     elif status_code == 413:  # mitmproxy stopped reading at body_size_limit, which the relay sets to max_body_bytes
@@ -50,10 +51,9 @@ def anthropic_error_response(status_code: int, message: str = "") -> bytes:
         text = f"The relay could not read this request: {message.split(' (', 1)[0]}"
     request_id = new_request_id()
     error_type = ERROR_TYPES.get(status_code, "api_error" if status_code >= 500 else "invalid_request_error")
-    body = {"type": "error", "error": {"type": error_type, "message": text}, "request_id": request_id}
     response = http.Response.make(
         status_code,
-        json.dumps(body).encode(),
+        default_protocol().error_body(RelayError(status_code, error_type, text), request_id),
         http.Headers(
             Server=version.MITMPROXY,
             Connection="close",
@@ -68,12 +68,15 @@ def anthropic_error_response(status_code: int, message: str = "") -> bytes:
 def relay_error_response(error: RelayError) -> bytes:
     request_id = new_request_id()
     headers = {"Server": version.MITMPROXY, "Connection": "close", **error.headers(request_id)}
-    return http1.assemble_response(http.Response.make(error.status, error.body(request_id), headers))
+    body = default_protocol().error_body(error, request_id)
+    return http1.assemble_response(http.Response.make(error.status, body, headers))
 
 
-STREAM_CUT = RelayError(
-    529, "overloaded_error", "The upstream connection broke during the answer; retrying the request should work."
-).sse_frame()
+STREAM_CUT = default_protocol().error_frame(
+    RelayError(
+        529, "overloaded_error", "The upstream connection broke during the answer; retrying the request should work."
+    )
+)
 _original_send = _http1.Http1Server.send
 
 
@@ -92,7 +95,7 @@ def send_ending_streams_cleanly(self: _http1.Http1Server, event: events.Event) -
         and self.conn.state & ConnectionState.CAN_WRITE
         and response.headers.get("content-type", "").startswith("text/event-stream")
     ):
-        frame = timeout.error().sse_frame() if timeout is not None else STREAM_CUT
+        frame = default_protocol().error_frame(timeout.error()) if timeout is not None else STREAM_CUT
         if "chunked" in response.headers.get("transfer-encoding", "").lower():
             frame = b"%x\r\n%s\r\n0\r\n\r\n" % (len(frame), frame)
         yield commands.SendData(self.conn, frame)
@@ -101,7 +104,7 @@ def send_ending_streams_cleanly(self: _http1.Http1Server, event: events.Event) -
     yield from _original_send(self, event)
 
 
-class AnthropicErrorPages:
+class ErrorPages:
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        _http1.make_error_response = anthropic_error_response
+        _http1.make_error_response = error_page_response
         _http1.Http1Server.send = send_ending_streams_cleanly  # type: ignore[method-assign]

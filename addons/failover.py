@@ -21,7 +21,6 @@ from relay_core.errors import RelayError
 from relay_core.flow_state import FlowState
 from relay_core.health import AccountHealth
 from relay_core.health import AccountState
-from relay_core.health import judge
 from relay_core.metering import record_from_body
 from relay_core.runtime import Runtime
 from relay_core.scheduler import choose_account
@@ -47,7 +46,7 @@ class Failover:
         runtime = self.shared.current()
         response = flow.response
         body = response.get_content(strict=False) if state.meter is None else None  # a stream's went by
-        state.outcome = judge(
+        state.outcome = state.protocol.judge_answer(
             response.status_code,
             response.headers,
             body,
@@ -74,7 +73,7 @@ class Failover:
         except StoreError as exc:
             logger.error("could not record account %r's failure: %s", state.account.name, exc)
         flow.response = http.Response.make(
-            refusal.status, refusal.body(state.request_id), refusal.headers(state.request_id)
+            refusal.status, state.protocol.error_body(refusal, state.request_id), refusal.headers(state.request_id)
         )
         if refusal.status == 529:
             flow.response.headers["retry-after-ms"] = str(RETRY_ELSEWHERE_MS)

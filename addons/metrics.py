@@ -12,7 +12,6 @@ Account sign-in ends come from the background token refresher's last pass, so a 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ from relay_core.metrics import CONTENT_TYPE
 from relay_core.metrics import RelayMetrics
 from relay_core.metrics import is_loopback
 from relay_core.records import UsageRecord
-from relay_core.sse import SseUsageMeter
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +47,6 @@ def metrics_authorized(authorization: str | None, token: str | None, from_loopba
         return from_loopback
     scheme, _, given = (authorization or "").strip().partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
-
-
-def error_type_of(body: bytes | None) -> str:
-    """The `error.type` of an Anthropic-shaped error body, or `unknown`."""
-    try:
-        payload = json.loads(body or b"")
-    except (ValueError, UnicodeDecodeError):
-        return "unknown"
-    error = payload.get("error") if isinstance(payload, dict) else None
-    kind = error.get("type") if isinstance(error, dict) else None
-    return kind if isinstance(kind, str) else "unknown"
 
 
 @dataclass
@@ -96,7 +83,7 @@ class _MetricsTally:
             timing: _Timing | None = flow.metadata.get(TIMING_KEY)
             replaced = timing is not None and timing.upstream is not None and flow.response is not timing.upstream
             if state.refused or replaced:
-                self.metrics.observe_refusal(error_type_of(flow.response.content))
+                self.metrics.observe_refusal(state.protocol.error_type(flow.response.content))
             if state.outcome is not None and state.outcome.third_party and state.account is not None:
                 self.metrics.observe_third_party_refusal(state.account.name)
         except Exception:
@@ -142,7 +129,9 @@ class _MetricsTally:
             return state.usage
         overrides = self.shared.current().settings.price_overrides
         if state.meter is not None or upstream is None:
-            return record_from_stream(state, state.meter or SseUsageMeter(), status or 502, status != 0, overrides)
+            return record_from_stream(
+                state, state.meter or state.protocol.stream_meter(""), status or 502, status != 0, overrides
+            )
         return record_from_body(state, upstream.content, upstream.status_code, overrides)
 
 

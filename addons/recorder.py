@@ -24,9 +24,9 @@ from relay_core.metering import charge_of
 from relay_core.metering import record_from_body
 from relay_core.metering import record_from_stream
 from relay_core.metering import token_windows
+from relay_core.protocols.base import UsageMeter
 from relay_core.records import StickyBinding
 from relay_core.records import UsageRecord
-from relay_core.sse import SseUsageMeter
 from relay_core.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 class _Tap:
     """The stream callable: hands each chunk to the meter and returns it unchanged."""
 
-    def __init__(self, meter: SseUsageMeter) -> None:
+    def __init__(self, meter: UsageMeter) -> None:
         self.meter = meter
         self.broken = False
 
@@ -80,7 +80,7 @@ class Recorder:
             return
         headers = flow.response.headers
         if headers.get("content-type", "").startswith("text/event-stream"):
-            state.meter = SseUsageMeter(headers.get("content-encoding", ""))
+            state.meter = state.protocol.stream_meter(headers.get("content-encoding", ""))
             flow.response.stream = _Tap(state.meter)
             self.shared.current().journal.track(state.request_id, lambda: self._snapshot(flow, state))
 
@@ -130,7 +130,7 @@ class Recorder:
         settings = self.shared.current().settings
         usage = None
         if state.route.is_metered:
-            meter = state.meter or SseUsageMeter()
+            meter = state.meter or state.protocol.stream_meter("")
             received = _body_size(flow) if dispatched else 0
             usage = record_from_stream(state, meter, 502, False, settings.price_overrides, received)
         upstream_failed = flow.response is None and not client_gone

@@ -27,14 +27,10 @@ from relay_core.limits import check_priced
 from relay_core.limits import claude_code_only_refused
 from relay_core.limits import periods
 from relay_core.models import Account
-from relay_core.request_body import parse_message_request
-from relay_core.routes import Route
 from relay_core.runtime import Runtime
 from relay_core.scheduler import choose_account
 from relay_core.sessions import session_from_body
 from relay_core.token_refresh import RefreshFailed
-from relay_core.upstream import credential_headers
-from relay_core.upstream import is_dropped
 from relay_core.upstream import proxy_of
 from relay_core.upstream import target_of
 
@@ -116,12 +112,13 @@ class Router:
             return
         runtime = self.shared.current()
         settings = runtime.settings
+        protocol = state.protocol
         body = None
-        if state.route in (Route.MESSAGES, Route.COUNT_TOKENS):
-            state.message = parse_message_request(flow.request.raw_content or b"")
+        if state.route.reads_body:
+            state.message = protocol.parse_request(flow.request.raw_content or b"")
             check_model(state.key, state.message.model)
             check_priced(state.key, state.message.model, settings.price_overrides)
-            if state.route is Route.MESSAGES:  # Claude Code's token counts carry no system prompt or metadata
+            if state.route.is_metered:  # Claude Code's token counts carry no system prompt or metadata
                 body = state.message.body
                 if state.key.limits.budgets_nanousd:
                     await self._reserve(state, runtime, len(flow.request.raw_content or b""))
@@ -135,12 +132,10 @@ class Router:
         account, secret = await self._account_and_secret(state, runtime)
 
         headers = flow.request.headers
-        client_beta = headers.get("anthropic-beta")
         for name in {n.lower() for n in headers}:
-            if is_dropped(name):
+            if protocol.is_dropped(name):
                 del headers[name]
-        headers.update(credential_headers(account, secret, client_beta, settings.oauth_beta))
-        headers.setdefault("anthropic-version", settings.anthropic_version)
+        headers.update(protocol.upstream_headers(account, secret, headers, settings))
 
         reach = opened(account, runtime.keyring)  # with its URL credentials: used here, never kept on the flow
         target = target_of(reach.base_url or settings.upstream_url)

@@ -15,8 +15,8 @@ from relay_core.errors import shutting_down
 from relay_core.errors import too_large
 from relay_core.flow_state import METADATA_KEY
 from relay_core.flow_state import FlowState
+from relay_core.protocols import classify
 from relay_core.routes import Route
-from relay_core.routes import classify
 from relay_core.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ class ServiceEndpoints:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        state = FlowState(route=classify(flow.request.method, flow.request.path))
+        protocol, route = classify(flow.request.method, flow.request.path)
+        state = FlowState(route=route, protocol=protocol)
         flow.metadata[METADATA_KEY] = state
         runtime = self.shared.current()
         if runtime.draining:
@@ -43,24 +44,23 @@ class ServiceEndpoints:
         length = flow.request.headers.get("content-length", "0")
         if not length.isdigit() or int(length) > settings.max_body_bytes:
             raise too_large(settings.max_body_bytes)
-        match state.route:
-            case Route.PROBE:
-                flow.response = http.Response.make(200, b"", {"content-type": "text/plain"})
-            case Route.TELEMETRY:
-                flow.response = http.Response.make(200, b'{"success":true}', JSON)
-            case Route.HEALTH:
-                await self._health(flow)
-            case Route.BAD_PATH:
-                raise RelayError(
-                    400,
-                    "invalid_request_error",
-                    f"The request path {flow.request.path.partition('?')[0]!r} has a '.' or '..' segment or an "
-                    "encoded '/' or '\\'; the relay serves only plain paths.",
-                )
-            case Route.UNKNOWN:
-                raise RelayError(
-                    404, "not_found_error", f"The relay does not serve {flow.request.method} {flow.request.path}."
-                )
+        if route is Route.PROBE:
+            flow.response = http.Response.make(200, b"", {"content-type": "text/plain"})
+        elif route is Route.HEALTH:
+            await self._health(flow)
+        elif route is Route.BAD_PATH:
+            raise RelayError(
+                400,
+                "invalid_request_error",
+                f"The request path {flow.request.path.partition('?')[0]!r} has a '.' or '..' segment or an "
+                "encoded '/' or '\\'; the relay serves only plain paths.",
+            )
+        elif route is Route.UNKNOWN:
+            raise RelayError(
+                404, "not_found_error", f"The relay does not serve {flow.request.method} {flow.request.path}."
+            )
+        elif (answer := protocol.answer_locally(route)) is not None:
+            flow.response = http.Response.make(*answer)
 
     async def _health(self, flow: http.HTTPFlow) -> None:
         try:

@@ -21,7 +21,7 @@ from relay_core.limits import refusal_error
 from relay_core.limits import usd
 from relay_core.models import TeamKey
 from relay_core.pricing import price_usd
-from relay_core.request_body import MessageRequest
+from relay_core.protocols.base import ParsedRequest
 from relay_core.usage import TokenUsage
 
 # Tokenizers average 3.5-4 bytes of English text per token; JSON structure costs bytes and no tokens. One
@@ -31,7 +31,7 @@ BODY_BYTES_PER_TOKEN = 3
 MAX_TOKENS_CAP = 10_000_000
 
 
-def estimate_nanousd(message: MessageRequest, body_bytes: int, overrides: dict[str, dict[str, float]]) -> int:
+def estimate_nanousd(message: ParsedRequest, body_bytes: int, overrides: dict[str, dict[str, float]]) -> int:
     """An upper estimate of one request's cost: its whole body as input written to the cache, plus
     `max_tokens` (which bounds output and thinking) of output. 0 for a model without a price."""
     max_tokens = message.body.get("max_tokens")

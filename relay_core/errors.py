@@ -1,8 +1,7 @@
-"""Errors the relay answers itself, in the Messages API's envelope, so clients handle them natively."""
+"""Errors the relay answers itself; each protocol renders them in its clients' envelope (`ApiProtocol.error_body`)."""
 
 from __future__ import annotations
 
-import json
 import secrets
 
 
@@ -29,15 +28,6 @@ class RelayError(Exception):
         self.retry_after = retry_after
         self.should_retry = should_retry
 
-    def body(self, request_id: str) -> bytes:
-        return json.dumps(
-            {
-                "type": "error",
-                "error": {"type": self.error_type, "message": self.message},
-                "request_id": request_id,
-            }
-        ).encode()
-
     def headers(self, request_id: str) -> dict[str, str]:
         headers = {"content-type": "application/json", "request-id": request_id}
         if self.retry_after is not None:
@@ -45,11 +35,6 @@ class RelayError(Exception):
         if self.should_retry is not None:
             headers["x-should-retry"] = "true" if self.should_retry else "false"
         return headers
-
-    def sse_frame(self) -> bytes:
-        """The same error as an SSE `error` event, for failures after a stream has begun."""
-        payload = json.dumps({"type": "error", "error": {"type": self.error_type, "message": self.message}})
-        return f"event: error\ndata: {payload}\n\n".encode()
 
 
 def unauthenticated(message: str) -> RelayError:

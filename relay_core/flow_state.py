@@ -11,10 +11,11 @@ from relay_core.health import AccountHealth
 from relay_core.health import Outcome
 from relay_core.models import Account
 from relay_core.models import TeamKey
+from relay_core.protocols.base import ApiProtocol
+from relay_core.protocols.base import ParsedRequest
+from relay_core.protocols.base import RequestRoute
+from relay_core.protocols.base import UsageMeter
 from relay_core.records import UsageRecord
-from relay_core.request_body import MessageRequest
-from relay_core.routes import Route
-from relay_core.sse import SseUsageMeter
 
 METADATA_KEY = "relay"
 
@@ -23,7 +24,8 @@ METADATA_KEY = "relay"
 class FlowState:
     """Set by the addons in chain order; `request_id` also names this request's lease and lock tokens."""
 
-    route: Route
+    route: RequestRoute
+    protocol: ApiProtocol  # the API the request speaks: everything protocol-specific goes through it
     request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.time)
     key: TeamKey | None = None
@@ -32,14 +34,14 @@ class FlowState:
     session: str | None = None
     sticky: str | None = None  # the account the session was bound to
     account: Account | None = None
-    message: MessageRequest | None = None
+    message: ParsedRequest | None = None
     claude_code: bool = True  # the request shows Claude Code's signals (relay_core.clients)
     routed: bool = False
     refused: bool = False  # the relay answered itself: nothing upstream to record
     lease: str | None = None  # the key's lease set, while this request holds a concurrency lease
     reservation: tuple[str, str] | None = None  # (reservations, member) while it holds a budget reservation
     lock_account: str | None = None  # the account whose rate lock this request holds
-    meter: SseUsageMeter | None = None
+    meter: UsageMeter | None = None
     outcome: Outcome | None = None
     usage: UsageRecord | None = None  # what the Recorder wrote, for the request log
     recorded: bool = False

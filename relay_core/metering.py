@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from decimal import Decimal
@@ -14,9 +13,9 @@ from relay_core.limits import periods
 from relay_core.models import TeamKey
 from relay_core.pricing import price_known
 from relay_core.pricing import price_usd
+from relay_core.protocols.base import UsageMeter
 from relay_core.records import Charge
 from relay_core.records import UsageRecord
-from relay_core.sse import SseUsageMeter
 from relay_core.usage import TokenUsage
 
 CHARS_PER_TOKEN = 4
@@ -58,7 +57,7 @@ def _estimate_unreported(usage: TokenUsage, received_bytes: int) -> bool:
 
 def record_from_stream(
     state: FlowState,
-    meter: SseUsageMeter,
+    meter: UsageMeter,
     status: int,
     complete: bool,
     overrides: dict[str, dict[str, float]],
@@ -93,17 +92,9 @@ def record_from_body(
     overrides: dict[str, dict[str, float]],
     received_bytes: int = 0,
 ) -> UsageRecord:
-    """A JSON answer's usage (`received_bytes` as for `record_from_stream`)."""
-    usage = TokenUsage()
-    model = state.request_model
-    try:
-        payload = json.loads(body or b"")
-    except (ValueError, UnicodeDecodeError):
-        payload = None
-    if isinstance(payload, dict):
-        usage.merge(payload.get("usage"))
-        if isinstance(payload.get("model"), str):
-            model = payload["model"]
+    """A buffered answer's usage (`received_bytes` as for `record_from_stream`)."""
+    usage, answered_model = state.protocol.answer_usage(body)
+    model = answered_model if answered_model is not None else state.request_model
     estimated = _estimate_unreported(usage, received_bytes)
     return _record(state, _clean_model(model, overrides), usage, overrides, failed=status >= 400, estimated=estimated)
 

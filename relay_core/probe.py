@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from relay_core.models import Account
 from relay_core.oauth import http_opener
+from relay_core.protocols.anthropic.upstream import credential_headers
 from relay_core.settings import Settings
-from relay_core.upstream import credential_headers
 
 UNIFIED = "anthropic-ratelimit-unified-"
 LIMIT_PREFIX = "limit_"  # distinct from the probe's own fields (`status` is the HTTP status, never a window's)

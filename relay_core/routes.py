@@ -1,4 +1,7 @@
-"""Which requests the relay serves, and how. Anything not listed here never goes upstream."""
+"""The relay's own endpoints, and the paths it refuses before any protocol sees them.
+
+A protocol's routes live in its folder (relay_core/protocols); relay_core.protocols.classify asks them first.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +12,23 @@ MAX_DECODINGS = 3  # layers of percent-encoding looked through (a chain of proxi
 
 
 class Route(StrEnum):
-    MESSAGES = "messages"
-    COUNT_TOKENS = "count_tokens"
-    MODELS = "models"
     PROBE = "probe"
     HEALTH = "health"
-    TELEMETRY = "telemetry"
     SELF_SERVICE = "self_service"  # a key's own limits and usage
     BAD_PATH = "bad_path"  # refused with 400 before anything else: see `is_ambiguous_path`
     UNKNOWN = "unknown"
 
     @property
     def is_relayed(self) -> bool:
-        return self in (Route.MESSAGES, Route.COUNT_TOKENS, Route.MODELS)
+        return False
 
     @property
     def is_metered(self) -> bool:
-        return self is Route.MESSAGES
+        return False
+
+    @property
+    def reads_body(self) -> bool:
+        return False
 
 
 def is_ambiguous_path(path: str) -> bool:
@@ -45,27 +48,13 @@ def is_ambiguous_path(path: str) -> bool:
     return True  # still encoded after MAX_DECODINGS layers: nobody sends that in good faith
 
 
-def classify(method: str, path: str) -> Route:
-    """Route of a request line; the query string is ignored (Claude Code sends `?beta=true`)."""
-    path = path.split("?", 1)[0]
-    if is_ambiguous_path(path):
-        return Route.BAD_PATH
-    path = path.rstrip("/") or "/"
+def own_route(method: str, path: str) -> Route:
+    """Which of the relay's own endpoints a request line is (`path` as `ApiProtocol.classify` gets it)."""
     match method, path:
-        case "POST", "/v1/messages":
-            return Route.MESSAGES
-        case "POST", "/v1/messages/count_tokens":
-            return Route.COUNT_TOKENS
-        case "GET", "/v1/models":
-            return Route.MODELS
-        case "GET", _ if path.startswith("/v1/models/") and path.count("/") == 3:
-            return Route.MODELS
         case (("HEAD" | "GET"), "/"):
             return Route.PROBE
         case (("GET" | "HEAD"), "/health"):
             return Route.HEALTH
-        case "POST", "/api/event_logging/batch":
-            return Route.TELEMETRY
         case "GET", "/relay/usage":
             return Route.SELF_SERVICE
     return Route.UNKNOWN

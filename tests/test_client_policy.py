@@ -11,11 +11,11 @@ from relay_core.clients import is_claude_code
 from relay_core.errors import RelayError
 from relay_core.health import ALL_MODELS
 from relay_core.health import HealthRules
-from relay_core.health import judge
 from relay_core.limits import check_priced
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import TeamKey
+from relay_core.protocols.anthropic.health import judge
 from relay_core.scheduler import choose_account
 from tests.support.captured import claude_code_request
 

@@ -17,13 +17,15 @@ from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.pricing import library_price_usd
 from relay_core.pricing import price_usd
-from relay_core.request_body import parse_message_request
+from relay_core.protocols import classify
+from relay_core.protocols.anthropic.request_body import parse_message_request
+from relay_core.protocols.anthropic.routes import AnthropicRoute
+from relay_core.protocols.anthropic.upstream import credential_headers
+from relay_core.protocols.anthropic.upstream import is_dropped
+from relay_core.protocols.anthropic.upstream import merge_beta
+from relay_core.protocols.base import RequestRoute
 from relay_core.routes import Route
-from relay_core.routes import classify
 from relay_core.upstream import Target
-from relay_core.upstream import credential_headers
-from relay_core.upstream import is_dropped
-from relay_core.upstream import merge_beta
 from relay_core.upstream import target_of
 from relay_core.usage import TokenUsage
 
@@ -116,20 +118,20 @@ def test_target_of_base_urls() -> None:
 @pytest.mark.parametrize(
     ("method", "path", "route"),
     [
-        ("POST", "/v1/messages?beta=true", Route.MESSAGES),
-        ("POST", "/v1/messages/count_tokens?beta=true", Route.COUNT_TOKENS),
-        ("GET", "/v1/models?limit=1000", Route.MODELS),
-        ("GET", "/v1/models/claude-opus-4-8", Route.MODELS),
+        ("POST", "/v1/messages?beta=true", AnthropicRoute.MESSAGES),
+        ("POST", "/v1/messages/count_tokens?beta=true", AnthropicRoute.COUNT_TOKENS),
+        ("GET", "/v1/models?limit=1000", AnthropicRoute.MODELS),
+        ("GET", "/v1/models/claude-opus-4-8", AnthropicRoute.MODELS),
         ("HEAD", "/", Route.PROBE),
         ("GET", "/health", Route.HEALTH),
-        ("POST", "/api/event_logging/batch", Route.TELEMETRY),
+        ("POST", "/api/event_logging/batch", AnthropicRoute.TELEMETRY),
         ("GET", "/v1/messages", Route.UNKNOWN),
         ("POST", "/v1/messages/batches", Route.UNKNOWN),
         ("DELETE", "/v1/files/x", Route.UNKNOWN),
     ],
 )
-def test_routes(method: str, path: str, route: Route) -> None:
-    assert classify(method, path) is route
+def test_routes(method: str, path: str, route: RequestRoute) -> None:
+    assert classify(method, path).route is route
 
 
 def test_keyring_hashes_and_seals() -> None:

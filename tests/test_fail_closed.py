@@ -27,10 +27,10 @@ REQUEST_SIDE_FAULTS = [
     # faults inside the hooks' work
     "addons.auth:presented_key",
     "relay_core.store:Store.admit",
-    "addons.router:parse_message_request",
+    "relay_core.protocols.anthropic.protocol:AnthropicProtocol.parse_request",
     "addons.router:choose_account",
-    "addons.router:credential_headers",
-    "addons.router:is_dropped",
+    "relay_core.protocols.anthropic.protocol:AnthropicProtocol.upstream_headers",
+    "relay_core.protocols.anthropic.protocol:AnthropicProtocol.is_dropped",
     "addons.router:target_of",
 ]
 

@@ -19,7 +19,8 @@ from cli.main import main
 from relay_core.budget import estimate_nanousd
 from relay_core.models import LimitWindow
 from relay_core.pricing import price_usd
-from relay_core.request_body import parse_message_request
+from relay_core.protocols.anthropic.request_body import parse_message_request
+from relay_core.protocols.anthropic.usage import merge_usage
 from relay_core.usage import TokenUsage
 from tests.support.admin import Admin
 from tests.support.fake_upstream import DEFAULT_USAGE
@@ -229,7 +230,7 @@ def test_usage_totals_match_the_upstream_to_the_token_and_cent(
             for name in expected:
                 expected[name] += usage[name]
             tokens = TokenUsage()
-            tokens.merge(usage)
+            merge_usage(tokens, usage)
             expected_cost += price_usd(body["model"], tokens, {})
         if body.get("stream"):
             return Reply(headers={"content-type": "text/event-stream"}, chunks=sse_frames(body["model"], usage))

@@ -22,7 +22,6 @@ from addons.common import refuse
 from addons.metrics import TIMING_KEY
 from addons.metrics import Metrics
 from addons.metrics import _Timing
-from addons.metrics import error_type_of
 from addons.metrics import metrics_authorized
 from addons.relay_runtime import RelayRuntime
 from relay_core.errors import RelayError
@@ -35,8 +34,11 @@ from relay_core.metrics import is_loopback
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import TeamKey
+from relay_core.protocols.anthropic.errors import error_body
+from relay_core.protocols.anthropic.errors import error_type
+from relay_core.protocols.anthropic.protocol import AnthropicProtocol
+from relay_core.protocols.anthropic.routes import AnthropicRoute
 from relay_core.records import UsageRecord
-from relay_core.routes import Route
 from relay_core.runtime import Runtime
 from relay_core.settings import Settings
 from relay_core.usage import TokenUsage
@@ -277,7 +279,9 @@ def test_running_appends_the_tally_once() -> None:
 def routed_state(**fields) -> FlowState:
     key = TeamKey(name="alice", key_hash="h", hint="rk-abcd")
     account = Account(name="max-1", kind=AccountKind("oauth"), sealed_secret="sealed")
-    return FlowState(route=Route.MESSAGES, key=key, account=account, routed=True, **fields)
+    return FlowState(
+        route=AnthropicRoute.MESSAGES, protocol=AnthropicProtocol(), key=key, account=account, routed=True, **fields
+    )
 
 
 def test_tally_counts_what_the_client_got_with_upstream_timings() -> None:
@@ -295,7 +299,7 @@ def test_tally_counts_what_the_client_got_with_upstream_timings() -> None:
     flow.response = tflow.tresp(status_code=429, timestamp_start=102.5, timestamp_end=104.0)
     tally.responseheaders(flow)
     error = RelayError(529, "overloaded_error", "retry now")
-    flow.response = http.Response.make(529, error.body(state.request_id), error.headers(state.request_id))
+    flow.response = http.Response.make(529, error_body(error, state.request_id), error.headers(state.request_id))
     tally.response(flow)
     found = samples(addon.metrics.render().decode())
 
@@ -310,7 +314,7 @@ def test_tally_counts_what_the_client_got_with_upstream_timings() -> None:
 def test_tally_counts_refusals_without_timings() -> None:
     addon = Metrics(RelayRuntime())
     flow = tflow.tflow()
-    flow.metadata[METADATA_KEY] = FlowState(route=Route.MESSAGES)
+    flow.metadata[METADATA_KEY] = FlowState(route=AnthropicRoute.MESSAGES, protocol=AnthropicProtocol())
     refuse(flow, unauthenticated("no key"))
     for hook in (addon.tally.request, addon.tally.responseheaders, addon.tally.response):
         hook(flow)
@@ -327,7 +331,7 @@ def test_tally_never_raises_into_a_flow(caplog: pytest.LogCaptureFixture) -> Non
     flow.metadata[METADATA_KEY] = routed_state()
     addon.tally.response(flow)
     assert "could not count a response" in caplog.text
-    assert error_type_of(b"not json") == error_type_of(b'{"error": 1}') == "unknown"
+    assert error_type(b"not json") == error_type(b'{"error": 1}') == "unknown"
 
 
 # --- End to end -----------------------------------------------------------------------------------------------

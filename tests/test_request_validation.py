@@ -13,10 +13,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from relay_core.errors import RelayError
-from relay_core.request_body import parse_json_body
-from relay_core.request_body import parse_message_request
+from relay_core.protocols import classify
+from relay_core.protocols.anthropic.request_body import parse_json_body
+from relay_core.protocols.anthropic.request_body import parse_message_request
+from relay_core.protocols.anthropic.routes import AnthropicRoute
+from relay_core.protocols.base import RequestRoute
 from relay_core.routes import Route
-from relay_core.routes import classify
 from tests.support.admin import Admin
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.relay_process import RelayProcess
@@ -170,15 +172,15 @@ def test_dot_segments_and_encoded_separators_get_400_before_auth(
 @pytest.mark.parametrize(
     ("path", "route"),
     [
-        ("/v1/models/claude-3.5-x", Route.MODELS),  # a dot inside a segment is fine
-        ("/v1/models/%zz", Route.MODELS),  # not an escape: nothing to decode
+        ("/v1/models/claude-3.5-x", AnthropicRoute.MODELS),  # a dot inside a segment is fine
+        ("/v1/models/%zz", AnthropicRoute.MODELS),  # not an escape: nothing to decode
         ("/v1/messages?after=..%2f..", Route.UNKNOWN),  # the query is not the path (GET /v1/messages: unknown)
         ("/v1/models/%25252525252f", Route.BAD_PATH),  # more layers of encoding than anyone sends
         *((path, Route.BAD_PATH) for path in BAD_PATHS),
     ],
 )
-def test_classify_path_rules(path: str, route: Route) -> None:
-    assert classify("GET", path) is route
+def test_classify_path_rules(path: str, route: RequestRoute) -> None:
+    assert classify("GET", path).route is route
 
 
 # --- malformed bodies --------------------------------------------------------------------------------------

@@ -11,11 +11,11 @@ from relay_core.errors import RelayError
 from relay_core.health import AccountHealth
 from relay_core.health import AccountState
 from relay_core.health import HealthRules
-from relay_core.health import judge
 from relay_core.health import model_family
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import TeamKey
+from relay_core.protocols.anthropic.health import judge
 from relay_core.scheduler import choose_account
 
 NOW = 1_800_000_000.0

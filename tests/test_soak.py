@@ -46,6 +46,7 @@ import redis
 
 from relay_core.metering import estimated_input_tokens
 from relay_core.pricing import price_usd
+from relay_core.protocols.anthropic.usage import merge_usage
 from relay_core.usage import TokenUsage
 from tests.support.admin import Admin
 from tests.support.fake_upstream import FakeUpstream
@@ -135,7 +136,7 @@ def reported_usage(sent: Sent) -> tuple[TokenUsage, str]:
         return usage, model
     if not sent.chunks:
         payload = json.loads(sent.body) if sent.body else {}
-        usage.merge(payload.get("usage"))
+        merge_usage(usage, payload.get("usage"))
         return usage, model
     saw_start, saw_delta, text_chars = False, False, 0
     for chunk in sent.chunks:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from relay_core.sse import SseUsageMeter
+from relay_core.protocols.anthropic.sse import SseUsageMeter
 from tests.support.fake_upstream import OPUS_EXAMPLE_USAGE
 from tests.support.fake_upstream import sse_frames
 

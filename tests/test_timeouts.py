@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import pytest
 from pydantic import ValidationError
 
+from relay_core.protocols.anthropic.errors import error_body
+from relay_core.protocols.anthropic.errors import error_frame
 from relay_core.settings import Settings
 from relay_core.timeouts import AddressCounter
 from relay_core.timeouts import first_byte_timeout
@@ -191,11 +193,11 @@ def test_address_counter_caps_each_address_on_its_own() -> None:
 
 def test_a_timeout_answers_in_anthropics_shape_naming_the_setting() -> None:
     error = first_byte_timeout(600).error()
-    body = json.loads(error.body("req_x"))
+    body = json.loads(error_body(error, "req_x"))
     assert error.status == 504 and body["error"]["type"] == "timeout_error"
     assert "upstream_first_byte_timeout_s" in body["error"]["message"] and "600 s" in body["error"]["message"]
     assert error.headers("req_x")["x-should-retry"] == "true"
-    assert error.sse_frame().startswith(b"event: error\ndata: ")
+    assert error_frame(error).startswith(b"event: error\ndata: ")
 
 
 # --- client side ---------------------------------------------------------------------------------------

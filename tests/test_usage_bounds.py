@@ -16,9 +16,10 @@ from relay_core.metering import record_from_body
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import TeamKey
+from relay_core.protocols.anthropic.protocol import AnthropicProtocol
+from relay_core.protocols.anthropic.routes import AnthropicRoute
 from relay_core.records import UsageRecord
 from relay_core.reports import key_report
-from relay_core.routes import Route
 from relay_core.store import Store
 from relay_core.usage import TokenUsage
 
@@ -35,7 +36,9 @@ async def store(valkey_url: str) -> AsyncIterator[Store]:
 def test_made_up_models_beyond_the_cap_are_counted_together(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(metering, "_unpriced_kept", set())
     account = Account(name="a", kind=AccountKind.CONSOLE, sealed_secret="x")
-    state = FlowState(route=Route.MESSAGES, key=KEY, account=account, routed=True)
+    state = FlowState(
+        route=AnthropicRoute.MESSAGES, protocol=AnthropicProtocol(), key=KEY, account=account, routed=True
+    )
     body = b'{"usage": {"input_tokens": 3, "output_tokens": 1}}'
     names = [f"made-up-{n}" for n in range(metering.UNPRICED_MODELS_KEPT + 20)]
     recorded = set()

@@ -22,12 +22,12 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from relay_core.body_decoders import DECODE_STEP_BYTES
+from relay_core.body_decoders import body_decoder
 from relay_core.metering import estimated_input_tokens
 from relay_core.pricing import price_usd
+from relay_core.protocols.anthropic.sse import SseUsageMeter
 from relay_core.runtime import Runtime
-from relay_core.sse import DECODE_STEP_BYTES
-from relay_core.sse import SseUsageMeter
-from relay_core.sse import body_decoder
 from relay_core.usage import TokenUsage
 from tests.support.admin import Admin
 from tests.support.fake_upstream import OPUS_EXAMPLE_COST

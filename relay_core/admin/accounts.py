@@ -17,11 +17,11 @@ from relay_core.admin.errors import InvalidValueError
 from relay_core.admin.errors import NotApplicableError
 from relay_core.admin.errors import NotFoundError
 from relay_core.admin.views import account_view
-from relay_core.health import judge
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import new_id
 from relay_core.probe import probe
+from relay_core.protocols.anthropic.health import judge
 from relay_core.runtime import Runtime
 from relay_core.times import iso_utc
 from relay_core.token_refresh import RefreshFailed

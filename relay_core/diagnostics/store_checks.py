@@ -14,8 +14,6 @@ from relay_core.crypto import SecretError
 from relay_core.crypto import load_or_create_secret
 from relay_core.diagnostics.checks import Check
 from relay_core.diagnostics.checks import Level
-from relay_core.store.embedded import EmbeddedStoreError
-from relay_core.store.embedded import ensure_embedded_store
 from relay_core.health import AccountHealth
 from relay_core.masking import MASK
 from relay_core.masking import masked_url
@@ -25,6 +23,8 @@ from relay_core.reports import TOKEN_COLUMNS
 from relay_core.settings import Settings
 from relay_core.store import Store
 from relay_core.store import StoreError
+from relay_core.store.embedded import EmbeddedStoreError
+from relay_core.store.embedded import ensure_embedded_store
 
 USAGE_LOOKBACK_DAYS = 30  # the prices check looks at the models of this many days of usage
 

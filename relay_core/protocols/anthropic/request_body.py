@@ -1,4 +1,4 @@
-"""What the relay needs from a request body, read once; the body itself is forwarded untouched."""
+"""What the relay needs from a Messages request body, read once; the body itself is forwarded untouched."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""The Anthropic Messages API: routes, request bodies, usage, account health, credentials, errors."""
