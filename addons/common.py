@@ -7,6 +7,8 @@ import logging
 from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import Any
+from typing import Optional
+from typing import cast
 
 from mitmproxy import http
 
@@ -15,6 +17,9 @@ from relay_core.errors import internal_error
 from relay_core.flow_state import METADATA_KEY
 from relay_core.flow_state import FlowState
 from relay_core.protocols import default_protocol
+
+# mitmproxy options take typing forms (`Optional[str]`: a text option that may be unset); its stubs say `type`.
+OPTIONAL_TEXT = cast(type, Optional[str])  # noqa: UP045
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,13 @@ import logging
 
 from mitmproxy import http
 from mitmproxy import version
+from mitmproxy.addonmanager import Loader
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands
-from mitmproxy.proxy import events
 from mitmproxy.proxy import layer
 from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http._events import HttpEvent
 from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
 from relay_core.errors import RelayError
@@ -80,7 +81,7 @@ STREAM_CUT = default_protocol().error_frame(
 _original_send = _http1.Http1Server.send
 
 
-def send_ending_streams_cleanly(self: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
+def send_ending_streams_cleanly(self: _http1.Http1Server, event: HttpEvent) -> layer.CommandGenerator[None]:
     """Http1Server.send, except that a stream cut by the upstream ends with an SSE error event, and an
     upstream the relay gave up on is answered with the timeout's error."""
     response = self.response
@@ -105,6 +106,6 @@ def send_ending_streams_cleanly(self: _http1.Http1Server, event: events.Event) -
 
 
 class ErrorPages:
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader: Loader) -> None:
         _http1.make_error_response = error_page_response
         _http1.Http1Server.send = send_ending_streams_cleanly  # type: ignore[method-assign]

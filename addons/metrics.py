@@ -15,12 +15,13 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
+from mitmproxy.addonmanager import Loader
 
+from addons.common import OPTIONAL_TEXT
 from addons.common import refuse
 from addons.common import state_of
 from addons.relay_runtime import RelayRuntime
@@ -142,10 +143,10 @@ class Metrics:
         self.tally = _MetricsTally(self.metrics, shared)
         self._token: str | None = None
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader: Loader) -> None:
         loader.add_option(
             "relay_metrics_token",
-            Optional[str],  # noqa: UP045
+            OPTIONAL_TEXT,
             None,
             "Bearer token that GET /metrics requires (Authorization: Bearer TOKEN). Unset: the metrics_token "
             "setting (RELAY_METRICS_TOKEN), and without it /metrics is open.",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
+from mitmproxy.addonmanager import Loader
 
+from addons.common import OPTIONAL_TEXT
 from addons.fail_closed_gate import FailClosedGate
 from relay_core.pricing import load_prices
 from relay_core.runtime import Runtime
@@ -31,10 +32,10 @@ class RelayRuntime:
             raise RuntimeError("relay runtime not configured")
         return self._runtime
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader: Loader) -> None:
         loader.add_option(
             "relay_config",
-            Optional[str],  # noqa: UP045
+            OPTIONAL_TEXT,
             None,
             "TOML file with relay settings (RELAY_* environment variables override it).",
         )

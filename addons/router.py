@@ -11,6 +11,7 @@ import time
 
 from mitmproxy import http
 from mitmproxy.connection import Server
+from mitmproxy.net.server_spec import ServerSpec
 
 from addons.common import fail_closed
 from addons.common import pending_state
@@ -87,7 +88,7 @@ class Router:
     def _route_via(self, flow: http.HTTPFlow, account: Account) -> None:
         """Exactly this account's proxy, or none. A flow may carry the live connection of the previous request
         on the same client connection; its route is never edited in place, a new connection is asked for."""
-        via = None
+        via: ServerSpec | None = None
         if account.proxy:
             proxy = proxy_of(account.proxy)
             via = ("http", (proxy.host, proxy.port))
@@ -101,7 +102,8 @@ class Router:
         """The CONNECT to an account's proxy carries the proxy's credentials. mitmproxy tunnels every proxied
         connection through a new flow and connection of its own, so credentials are found by proxy address
         (accounts that share a proxy address share its credentials)."""
-        authorization = self._proxy_authorization.get(flow.server_conn.address)
+        address = flow.server_conn.address
+        authorization = self._proxy_authorization.get(address) if address is not None else None
         if authorization:
             flow.request.headers["proxy-authorization"] = authorization
 

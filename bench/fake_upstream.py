@@ -28,7 +28,7 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 def sse_chunks(model: str, deltas: int) -> list[bytes]:
     """message_start, a text block of `deltas` deltas, message_delta with the usage, message_stop."""
-    message = {
+    message: dict[str, object] = {
         "id": "msg_b",
         "type": "message",
         "role": "assistant",
@@ -63,7 +63,7 @@ def sse_chunks(model: str, deltas: int) -> list[bytes]:
 
 
 def json_body(model: str) -> bytes:
-    message = {
+    message: dict[str, object] = {
         "id": "msg_b",
         "type": "message",
         "role": "assistant",

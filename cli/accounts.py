@@ -78,7 +78,7 @@ def add_console(
     fmt: str,
 ) -> None:
     """Add an Anthropic API-key account."""
-    fields = dict(base_url=base_url, priority=priority, weight=weight, proxy=proxy)
+    fields: dict[str, Any] = dict(base_url=base_url, priority=priority, weight=weight, proxy=proxy)
     _emit_account(context, fmt, lambda admin: admin.accounts.add(name, AccountKind.CONSOLE, api_key, **fields))
 
 
@@ -125,7 +125,9 @@ def add_token(
     if not access_token:
         raise click.UsageError("give --access-token or --credentials-file")
     secret = access_token
-    fields = dict(base_url=base_url, priority=priority, weight=weight, expires_at=expires_at, proxy=proxy)
+    fields: dict[str, Any] = dict(
+        base_url=base_url, priority=priority, weight=weight, expires_at=expires_at, proxy=proxy
+    )
     _emit_account(
         context, fmt, lambda admin: admin.accounts.add(name, AccountKind.OAUTH, secret, refresh_token, **fields)
     )

@@ -5,17 +5,19 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
 import click
+from click.decorators import FC
 from tabulate import tabulate
 
 FORMATS = ("table", "json")
 REPORT_FORMATS = ("table", "json", "csv")
 
 
-def format_option(choices: Sequence[str] = FORMATS):  # type: ignore[no-untyped-def]
+def format_option(choices: Sequence[str] = FORMATS) -> Callable[[FC], FC]:
     return click.option("--format", "fmt", type=click.Choice(choices), default="table", show_default=True)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import resource
@@ -121,7 +122,7 @@ def serve(context: CliContext, listen: str | None, workers: int | None, shared_p
     if workers > 1 and not shared_port:
         raise SystemExit(Supervisor(runtime, workers).run())
     if shared_port:
-        mode_servers.ReverseInstance.listen = listen_with_shared_port  # type: ignore[method-assign]
+        mode_servers.ReverseInstance.listen = listen_with_shared_port  # type: ignore[method-assign, assignment]
     raise_open_files_limit()
     asyncio.run(run_proxy(runtime), loop_factory=loop_factory())
 
@@ -140,6 +141,8 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         asyncio.run(probe(), loop_factory=uvloop.new_event_loop)
     except TypeError:
-        logger.warning("uvloop %s cannot run mitmproxy's eager tasks; using asyncio's loop", uvloop.__version__)
+        logger.warning(
+            "uvloop %s cannot run mitmproxy's eager tasks; using asyncio's loop", importlib.metadata.version("uvloop")
+        )
         return None
     return uvloop.new_event_loop

@@ -212,7 +212,7 @@ def parse_credentials_json(text: str) -> TokenSet:
     """Import Claude Code's `~/.claude/.credentials.json` (or the macOS Keychain item, same JSON)."""
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise OAuthError(f"credentials are not valid JSON ({exc.msg} at line {exc.lineno})") from None
     oauth = data.get("claudeAiOauth") if isinstance(data, dict) else None
     if not isinstance(oauth, dict) or not oauth.get("accessToken"):
@@ -245,8 +245,10 @@ def _token_set(
     if isinstance(signin_left, bool) or not isinstance(signin_left, int | float) or signin_left <= 0:
         signin_left = None  # absent or nonsense: say nothing rather than announce a wrong end
     scope = payload.get("scope")
-    account = payload.get("account") if isinstance(payload.get("account"), dict) else {}
-    org = payload.get("organization") if isinstance(payload.get("organization"), dict) else {}
+    account = payload.get("account")
+    account = account if isinstance(account, dict) else {}
+    org = payload.get("organization")
+    org = org if isinstance(org, dict) else {}
     issued_at = time.time() if now is None else now
     return TokenSet(
         access_token=SecretStr(access),

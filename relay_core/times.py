@@ -10,7 +10,7 @@ def iso_utc(epoch: float | str | None) -> str | None:
     if epoch in (None, ""):
         return None
     try:
-        return dt.datetime.fromtimestamp(float(epoch), dt.UTC).isoformat(timespec="seconds")  # type: ignore[arg-type]
+        return dt.datetime.fromtimestamp(float(epoch), dt.UTC).isoformat(timespec="seconds")
     except (ValueError, OverflowError, OSError):
         return str(epoch)
 

@@ -19,12 +19,12 @@ class ServerStats:
 
     def command_calls(self) -> dict[str, int]:
         """Calls per command since the reset (one INFO), e.g. {"evalsha": 10, "hget": 3}."""
-        stats: dict[str, dict[str, int]] = self._client.info("commandstats")  # type: ignore[assignment]
+        stats: dict[str, dict[str, int]] = self._client.info("commandstats")
         return {name.removeprefix("cmdstat_"): values["calls"] for name, values in stats.items()}
 
     def reads_processed(self) -> int:
         """Socket reads the server processed (one INFO): a pipeline or a script call arrives in one read."""
-        return int(self._client.info("stats")["total_reads_processed"])  # type: ignore[index]
+        return int(self._client.info("stats")["total_reads_processed"])
 
     def close(self) -> None:
         self._client.close()

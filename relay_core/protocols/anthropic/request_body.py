@@ -67,10 +67,14 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-_scan_checked = json.scanner.make_scanner(json.JSONDecoder(object_pairs_hook=_unique))
-_scan_fast = json.scanner.make_scanner(json.JSONDecoder())
-_space = json.decoder.WHITESPACE.match
-_scanstring = json.decoder.scanstring
+# The stdlib's own scanner pieces; typeshed leaves WHITESPACE and scanstring out and types make_scanner as
+# a class, so they are read untyped.
+_decoder: Any = json.decoder
+_make_scanner: Any = json.scanner.make_scanner
+_scan_checked = _make_scanner(json.JSONDecoder(object_pairs_hook=_unique))
+_scan_fast = _make_scanner(json.JSONDecoder())
+_space = _decoder.WHITESPACE.match
+_scanstring = _decoder.scanstring
 
 
 def _value(s: str, at: int, checked: bool) -> tuple[Any, int]:
