@@ -17,11 +17,8 @@ import time
 from dataclasses import dataclass
 
 from mitmproxy import ctx
-from mitmproxy import exceptions
 from mitmproxy import http
-from mitmproxy.addonmanager import Loader
 
-from addons.common import OPTIONAL_TEXT
 from addons.common import refuse
 from addons.common import state_of
 from addons.relay_runtime import RelayRuntime
@@ -143,27 +140,10 @@ class Metrics:
         self.tally = _MetricsTally(self.metrics, shared)
         self._token: str | None = None
 
-    def load(self, loader: Loader) -> None:
-        loader.add_option(
-            "relay_metrics_token",
-            OPTIONAL_TEXT,
-            None,
-            "Bearer token that GET /metrics requires (Authorization: Bearer TOKEN). Unset: the metrics_token "
-            "setting (RELAY_METRICS_TOKEN), and without it /metrics is open.",
-        )
-
-    def configure(self, updated: set[str]) -> None:
-        if "relay_metrics_token" not in updated:
-            return
-        token = ctx.options.relay_metrics_token
-        if token is not None and not token.strip():
-            raise exceptions.OptionsError("relay_metrics_token is empty; unset it to serve /metrics without a token")
-        self._token = token
-
     def running(self) -> None:
-        """Takes the metrics_token setting unless the option is set; replaces a tally left by an earlier
-        load of this script, so /metrics shows what is counted."""
-        if self._token is None and self.shared.configured():
+        """Takes the metrics_token setting (its one source); replaces a tally left by an earlier load of this
+        script, so /metrics shows what is counted."""
+        if self.shared.configured():
             self._token = self.shared.current().settings.metrics_token
         addons = ctx.master.addons
         previous = addons.get(type(self.tally).__name__.lower())

@@ -88,6 +88,7 @@ async def running_stack(deltas: int) -> AsyncIterator[Stack]:
             RELAY_SECRET_KEY=str(settings.secret_key),
             RELAY_UPSTREAM_URL=settings.upstream_url,
             RELAY_KEY_PREFIX=KEY_PREFIX,
+            RELAY_MAX_CONNECTIONS_PER_CLIENT="0",  # the load generator is one address holding 500 streams
         )
         relay = Child("relay", [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0"], RELAY_READY, env)
         cleanup.callback(relay.stop)

@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         " its last answer is closed",
     )
     max_connections_per_client: int = Field(
-        256,
+        512,
         ge=0,
         description="open connections per client address (the TCP peer's: behind a balancer, the balancer's) per"
         " relay process; more are refused at once; 0: no cap",
@@ -146,7 +146,12 @@ class Settings(BaseSettings):
         ge=1000,
         description="leases and budget reservations of a relay that died expire after this; live ones are renewed",
     )
-    metrics_token: str | None = Field(None, min_length=1, description="bearer token GET /metrics requires; unset: open")
+    metrics_token: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"\S",
+        description="bearer token GET /metrics requires; unset: only clients on this machine may scrape",
+    )
     request_log: str = Field("text", pattern="^(text|json|off)$", description="one line per request: text, json or off")
     web_listen: str = Field("127.0.0.1:8081", description="host:port of the `relay web` UI (mitmweb, plain HTTP)")
     web_password: str | None = Field(

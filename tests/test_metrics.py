@@ -12,11 +12,11 @@ from decimal import Decimal
 
 import anthropic
 import pytest
-from mitmproxy import exceptions
 from mitmproxy import http
 from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
 from addons.common import refuse
 from addons.metrics import TIMING_KEY
@@ -225,10 +225,10 @@ def test_scrape_shows_the_sign_in_ends_the_refresher_last_read(settings: Setting
     assert total(found, "relay_account_signin_end_timestamp_seconds", account="max-1") == 1_900_000_000
 
 
-def test_endpoint_with_a_token_refuses_in_anthropic_shape() -> None:
-    addon = Metrics(RelayRuntime())
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, relay_metrics_token="s3cret")
+def test_endpoint_with_a_token_refuses_in_anthropic_shape(settings: Settings) -> None:
+    addon = Metrics(RelayRuntime(Runtime(settings.model_copy(update={"metrics_token": "s3cret"}))))
+    with taddons.context(addon):
+        addon.running()
         for authorization in (None, "Bearer wrong", "s3cret"):
             flow = metrics_flow(authorization)
             addon.requestheaders(flow)
@@ -247,9 +247,8 @@ def test_endpoint_with_a_token_refuses_in_anthropic_shape() -> None:
 
 
 def test_empty_token_is_a_configuration_error() -> None:
-    addon = Metrics(RelayRuntime())
-    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError):
-        tctx.configure(addon, relay_metrics_token=" ")
+    with pytest.raises(ValidationError, match="metrics_token"):
+        Settings(metrics_token=" ")
 
 
 def test_other_requests_are_left_to_the_chain() -> None:

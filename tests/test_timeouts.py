@@ -30,7 +30,7 @@ from tests.support.fake_upstream import sse_frames
 MODEL = "claude-sonnet-4-6"
 MESSAGES = [{"role": "user", "content": "hi"}]
 IDLE_CONNECTIONS = 3000
-SOURCES = 12  # client addresses 127.0.0.2 ... : 250 connections each, under the default cap of 256
+SOURCES = 12  # client addresses 127.0.0.2 ... : 250 connections each, under the default cap of 512
 
 
 def _body(stream: bool = False) -> bytes:
@@ -170,7 +170,7 @@ def test_the_connection_cap_may_be_off_but_not_negative() -> None:
     assert Settings(max_connections_per_client=0).max_connections_per_client == 0
     defaults = Settings()
     assert (defaults.client_header_timeout_s, defaults.client_idle_timeout_s) == (30, 120)
-    assert defaults.max_connections_per_client == 256
+    assert defaults.max_connections_per_client == 512
     assert (
         defaults.upstream_connect_timeout_s,
         defaults.upstream_first_byte_timeout_s,
