@@ -6,6 +6,7 @@ from addons.auth import Auth
 from addons.client_timeouts import ClientTimeouts
 from addons.concurrency_lease import ConcurrencyLease
 from addons.connection_cap import ConnectionCap
+from addons.early_answers import EarlyAnswers
 from addons.error_pages import ErrorPages
 from addons.failover import Failover
 from addons.graceful_drain import GracefulDrain
@@ -43,6 +44,7 @@ def relay_chain(runtime: Runtime | None = None) -> RelayChain:
             ConcurrencyLease(shared),
             RequestLog(shared),
             GracefulDrain(shared),  # after the Recorder: a flow counts as finished once its usage is recorded
+            EarlyAnswers(),  # last: every answer from the headers is set by its requestheaders hook
         ]
     )
 

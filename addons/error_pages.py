@@ -16,8 +16,6 @@ layer when it loads. No upstream address leaks into a message.
 
 from __future__ import annotations
 
-import logging
-
 from mitmproxy import http
 from mitmproxy import version
 from mitmproxy.addonmanager import Loader
@@ -33,8 +31,6 @@ from relay_core.errors import RelayError
 from relay_core.errors import new_request_id
 from relay_core.protocols import default_protocol
 from relay_core.timeouts import UpstreamTimeout
-
-logger = logging.getLogger(__name__)
 
 # Client connection id -> the upstream timeout that made the relay close that client's upstream connection;
 # set just before the close, read once by the error answer that follows (HTTP/1: one request at a time).

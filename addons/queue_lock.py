@@ -7,8 +7,6 @@ queued per team key, and keys take turns (relay_core/user_queue.py).
 
 from __future__ import annotations
 
-import logging
-
 from mitmproxy import http
 
 from addons.common import fail_closed
@@ -17,8 +15,6 @@ from addons.common import state_of
 from addons.relay_runtime import RelayRuntime
 from relay_core.errors import RelayError
 from relay_core.flow_state import FlowState
-
-logger = logging.getLogger(__name__)
 
 
 class QueueLock:

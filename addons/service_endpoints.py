@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 from mitmproxy import http
 
@@ -18,8 +17,6 @@ from relay_core.flow_state import FlowState
 from relay_core.protocols import classify
 from relay_core.routes import Route
 from relay_core.store import StoreError
-
-logger = logging.getLogger(__name__)
 
 JSON = {"content-type": "application/json"}
 

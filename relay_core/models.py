@@ -23,9 +23,6 @@ class LimitWindow(BaseModel):
     tokens: int | None = Field(None, ge=1)
 
 
-BUDGET_PERIODS = ("day", "week", "month", "total")
-
-
 class KeyLimits(BaseModel):
     """Every limit is optional; an empty KeyLimits allows everything."""
 

@@ -4,6 +4,7 @@ never a request upstream without a valid key, and recovery without a restart."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import socket
@@ -450,8 +451,40 @@ def test_unauthenticated_uploads_cost_at_most_the_body_limit_in_memory(start_rel
         answers = list(pool.map(lambda head: _upload(relay.port, head, b"chunked" in head, size), heads))
     grew = _rss_mib(relay.pid) - before
     print(f"relay RSS grew by {grew:.1f} MiB for 4 refused 200 MiB uploads")
-    for answer in answers:
-        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-        assert b"request_too_large" in answer and b"max_body_bytes" in answer
+    for head, answer in zip(heads, answers, strict=True):
+        if b"chunked" in head:  # no length to refuse it by: the missing key refuses it before its body
+            assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+            assert b"authentication_error" in answer and b"connection: close" in answer.lower()
+        else:
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+            assert b"request_too_large" in answer and b"max_body_bytes" in answer
     assert grew < 50, f"relay RSS grew by {grew:.0f} MiB for 4 refused 200 MiB uploads"
     assert urllib.request.urlopen(relay.url + "/health", timeout=5).status == 200
+
+
+def test_a_refusal_from_the_headers_comes_before_the_body_and_instead_of_100_continue(start_relay) -> None:
+    relay = start_relay()
+    head = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\nx-api-key: wrong\r\ncontent-type: application/json\r\n"
+        b"expect: 100-continue\r\ncontent-length: 1000000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
+        sock.sendall(head)  # and no body: a client that asked first waits for the answer
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b"100 Continue" not in answer and b"connection: close" in answer.lower()
+
+
+def test_the_mitmproxy_internals_early_answers_use_exist() -> None:
+    from mitmproxy.proxy.layers.http import HttpStream
+
+    from addons import early_answers
+
+    for name in ("state_consume_request_body", "state_done", "send_response", "flow_done"):
+        assert callable(getattr(HttpStream, name)), name
+    original = inspect.getsource(early_answers._original_wait_for_request_headers)
+    # the hook runs, then `100 Continue` goes unless `expect` is gone, then the body is consumed
+    assert original.index("HttpRequestHeadersHook") < original.index("100-continue")
+    assert "state_consume_request_body" in original

@@ -215,7 +215,7 @@ def test_web_ui_shows_redacted_copies_and_the_relay_still_works(
     token_body = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier}
     token_body |= {"refresh_token": refresh_token, "client_id": "9d1c250a"}
     status, _ = post(relay, "/v1/oauth/token", json.dumps(token_body).encode(), {"x-api-key": bob})
-    assert status == 404  # not a relayed route, but mitmweb keeps its body
+    assert status == 404  # not a relayed route: answered from its headers, its body never kept
     form = f"grant_type=authorization_code&code={form_code}&code_verifier={form_verifier}".encode()
     status, _ = post(relay, "/v1/oauth/token", form, {"authorization": f"Bearer {bob}"})
     assert status == 404
@@ -252,10 +252,9 @@ def test_web_ui_shows_redacted_copies_and_the_relay_still_works(
     assert [f["response"]["status_code"] for f in flows] == [200] * 5 + [404] * 2
     assert "key alice" in flows[0]["comment"] and "account max-1" in flows[0]["comment"]
     assert json.loads(ui.get(f"/flows/{flows[4]['id']}/response/content.data"))["access_token"] == "[redacted]"
-    token_request = json.loads(ui.get(f"/flows/{flows[5]['id']}/request/content.data"))
-    assert token_request["code"] == token_request["code_verifier"] == token_request["refresh_token"] == "[redacted]"
-    assert token_request["grant_type"] == "authorization_code"  # only the secrets are masked
-    assert ui.get(f"/flows/{flows[6]['id']}/request/content.data").startswith(b"grant_type=authorization_code&code=[")
+    # the 404s were answered from their headers (addons/early_answers.py): their bodies were never kept
+    assert ui.get(f"/flows/{flows[5]['id']}/request/content.data") == b""
+    assert ui.get(f"/flows/{flows[6]['id']}/request/content.data") == b""
 
 
 def test_web_ui_cannot_intercept_nor_replay(
