@@ -104,8 +104,12 @@ class Runtime:
                 logger.error("could not restart the embedded store: %s", exc)
 
     async def drain(self) -> None:
+        """Wait for the background work to end. A finished task leaves the set in its done-callback, which the
+        loop runs on its next turn: without the yield a finished task's set never empties, and (eager tasks
+        finish without suspending) this loop would spin forever at full CPU."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await asyncio.sleep(0)
 
     async def close(self) -> None:
         for task in (self._background, self._store_watch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import signal
@@ -12,6 +13,8 @@ import time
 
 import pytest
 
+from relay_core.runtime import Runtime
+from relay_core.settings import Settings
 from tests.support.admin import Admin
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.fake_upstream import Reply
@@ -106,3 +109,22 @@ def test_the_drain_timeout_bounds_the_wait(start_relay, admin: Admin, upstream: 
     assert "drain timeout: exiting with 1 requests still running" in relay.log()
     with pytest.raises((http.client.IncompleteRead, ConnectionError)):
         response.read()
+
+
+def test_the_drain_of_background_work_ends_when_a_task_finished_without_suspending(settings: Settings) -> None:
+    """With eager tasks (as the relay runs them) a write that never suspends is done before its done-callback
+    runs; the drain used to spin on it at full CPU forever, so a worker never exited after SIGTERM."""
+    runtime = Runtime(settings)
+    drained = threading.Event()
+
+    async def finished_at_once() -> None:
+        return None
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
+        runtime.spawn(finished_at_once(), "a write that needs no wait")
+        await runtime.drain()
+        drained.set()
+
+    threading.Thread(target=asyncio.run, args=(main(),), daemon=True).start()
+    assert drained.wait(5), "the drain never ended"
