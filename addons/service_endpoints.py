@@ -35,7 +35,8 @@ class ServiceEndpoints:
         runtime = self.shared.current()
         if runtime.draining:
             refuse(flow, shutting_down())
-            flow.response.headers["connection"] = "close"  # type: ignore[union-attr]
+            assert flow.response is not None
+            flow.response.headers["connection"] = "close"
             return
         settings = runtime.settings
         length = flow.request.headers.get("content-length", "0")
