@@ -9,6 +9,7 @@ from addons.connection_cap import ConnectionCap
 from addons.early_answers import EarlyAnswers
 from addons.error_pages import ErrorPages
 from addons.failover import Failover
+from addons.failover_stream import FailoverStream
 from addons.graceful_drain import GracefulDrain
 from addons.metrics import Metrics
 from addons.queue_lock import QueueLock
@@ -44,6 +45,7 @@ def relay_chain(runtime: Runtime | None = None) -> RelayChain:
             ConcurrencyLease(shared),
             RequestLog(shared),
             GracefulDrain(shared),  # after the Recorder: a flow counts as finished once its usage is recorded
+            FailoverStream(),  # lets Failover send a request again (its upstream_answer hook)
             EarlyAnswers(),  # last: every answer from the headers is set by its requestheaders hook
         ]
     )

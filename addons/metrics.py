@@ -97,6 +97,8 @@ class _MetricsTally:
             logger.exception("could not count a failed request in the metrics")
 
     def _observe(self, flow: http.HTTPFlow, state: FlowState, status: int) -> None:
+        if state.failed_accounts:
+            self.metrics.observe_failovers(state.failed_account_names)
         timing: _Timing | None = flow.metadata.get(TIMING_KEY)
         upstream = timing.upstream if timing is not None else None
         usage = self._usage(state, upstream, status)

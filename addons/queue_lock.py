@@ -26,6 +26,8 @@ class QueueLock:
         state = pending_state(flow)
         if state is None or not state.routed or state.account is None or state.message is None:
             return
+        if state.lock_account is not None:  # sent again: the failed account's lock goes before another is taken
+            self._release(state)
         runtime = self.shared.current()
         if not (
             state.message.is_human_turn

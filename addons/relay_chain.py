@@ -25,10 +25,19 @@ import mitmproxy.proxy.server_hooks
 from mitmproxy import exceptions
 from mitmproxy import hooks
 
+import addons.failover_stream
+
 logger = logging.getLogger(__name__)
 
-# The modules above define the hook classes; each registers its name in hooks.all_hooks on import.
-HOOK_MODULES = (mitmproxy.addonmanager, mitmproxy.log, mitmproxy.proxy.layers, mitmproxy.proxy.server_hooks)
+# The modules above define the hook classes (the relay's own `upstream_answer` too); each registers its
+# name in hooks.all_hooks on import.
+HOOK_MODULES = (
+    mitmproxy.addonmanager,
+    mitmproxy.log,
+    mitmproxy.proxy.layers,
+    mitmproxy.proxy.server_hooks,
+    addons.failover_stream,
+)
 PASSED_ON = (exceptions.AddonHalt, exceptions.OptionsError)  # what mitmproxy's safecall lets through
 
 

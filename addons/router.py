@@ -47,7 +47,7 @@ class Router:
         """Schedule; refresh a token that is due; an account that cannot be used is marked and skipped."""
         assert state.key is not None
         settings = runtime.settings
-        unusable: set[str] = set()
+        unusable: set[str] = set(state.failed_accounts)
         while True:
             account = choose_account(
                 state.accounts,
@@ -113,11 +113,26 @@ class Router:
         if state is None or state.key is None or not state.route.is_relayed:
             return
         runtime = self.shared.current()
+        if state.client_request is None:
+            await self._admit(flow, state, runtime)
+            state.switches_left = runtime.settings.failover_max_switches
+            headers = flow.request.headers
+            for name in {n.lower() for n in headers}:
+                if state.protocol.is_dropped(name):  # the client's credentials are gone before anything is kept
+                    del headers[name]
+            state.client_request = (flow.request.path, headers.copy())
+        else:  # sent again after an account failed: from the client's own request, not the last route's
+            flow.request.path, headers = state.client_request
+            flow.request.headers = headers.copy()
+        await self._route(flow, state, runtime)
+
+    async def _admit(self, flow: http.HTTPFlow, state: FlowState, runtime: Runtime) -> None:
+        """What is decided once per request: its body's checks, the budget reservation, the client, the session."""
+        assert state.key is not None
         settings = runtime.settings
-        protocol = state.protocol
         body = None
         if state.route.reads_body:
-            state.message = protocol.parse_request(flow.request.raw_content or b"")
+            state.message = state.protocol.parse_request(flow.request.raw_content or b"")
             check_model(state.key, state.message.model)
             check_priced(state.key, state.message.model, settings.price_overrides)
             if state.route.is_metered:  # Claude Code's token counts carry no system prompt or metadata
@@ -131,12 +146,14 @@ class Router:
             state.session = session_from_body(body)
             if state.session is not None:
                 state.sticky = await runtime.store.sticky_account(state.key.id, state.session)
+
+    async def _route(self, flow: http.HTTPFlow, state: FlowState, runtime: Runtime) -> None:
+        """Onto an account that can serve it (one that already failed this request never again)."""
+        settings = runtime.settings
+        protocol = state.protocol
         account, secret = await self._account_and_secret(state, runtime)
 
         headers = flow.request.headers
-        for name in {n.lower() for n in headers}:
-            if protocol.is_dropped(name):
-                del headers[name]
         headers.update(protocol.upstream_headers(account, secret, headers, settings))
 
         reach = opened(account, runtime.keyring)  # with its URL credentials: used here, never kept on the flow

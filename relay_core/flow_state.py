@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from dataclasses import field
+from typing import Any
 
 from relay_core.errors import new_request_id
 from relay_core.health import AccountHealth
@@ -14,6 +15,7 @@ from relay_core.models import TeamKey
 from relay_core.protocols.base import ApiProtocol
 from relay_core.protocols.base import ParsedRequest
 from relay_core.protocols.base import RequestRoute
+from relay_core.protocols.base import StreamOpening
 from relay_core.protocols.base import UsageMeter
 from relay_core.records import UsageRecord
 
@@ -46,6 +48,33 @@ class FlowState:
     usage: UsageRecord | None = None  # what the Recorder wrote, for the request log
     recorded: bool = False
     timed_out: str | None = None  # the upstream timeout setting that ended this request
+    # failover inside the relay (addons/failover.py, addons/failover_stream.py)
+    switches_left: int = 0  # more accounts this request may still move on to
+    failed_accounts: list[str] = field(default_factory=list)  # ids of the accounts that failed it, in order
+    opening: StreamOpening | None = None  # a streamed answer whose first event was an error, held back
+    resend: bool = False  # routed anew after a failure: send the request again
+    client_request: tuple[str, Any] | None = None  # the client's path and headers, before the first routing
+
+    @property
+    def failed_account_names(self) -> list[str]:
+        names = {account.id: account.name for account in self.accounts}
+        return [names.get(failed, failed) for failed in self.failed_accounts]
+
+    def next_attempt(self, failed: bool = True) -> None:
+        """Forget what the failed attempt learned; what the request is, and what it holds, stays. An account
+        that failed is never tried again for this request (one whose token was just refreshed may be)."""
+        assert self.account is not None
+        if failed:
+            self.failed_accounts.append(self.account.id)
+        self.switches_left -= 1
+        self.account = None
+        self.routed = False
+        self.meter = None
+        self.outcome = None
+        self.usage = None
+        self.recorded = False
+        self.opening = None
+        self.resend = True
 
     @property
     def request_model(self) -> str | None:

@@ -87,9 +87,14 @@ class Outcome:
     new_state: AccountState | None = None
     reason: str = ""
     count_failure: bool = False  # a 5xx: part of a streak that cools the account at the threshold
-    failover: bool = False  # the request would succeed on another account: have the client retry
+    failover: bool = False  # the request may succeed on another account: send it there
     third_party: bool = False  # Anthropic refused the request as not from Claude Code (a 400, passed through)
     rate_limits: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def account_unavailable(self) -> bool:
+        """The account cannot serve for now (cooling, or in a failed state), not just one failed answer."""
+        return self.cool_family is not None or self.new_state is not None
 
 
 @dataclass(frozen=True)

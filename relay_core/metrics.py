@@ -111,6 +111,12 @@ class RelayMetrics:
             ["account"],
             registry=self.registry,
         )
+        self.failovers = Counter(
+            "relay_failovers",
+            "Attempts that failed before their answer began and went on to another account, by the failed account.",
+            ["account"],
+            registry=self.registry,
+        )
         self.signin_end = Gauge(
             "relay_account_signin_end_timestamp_seconds",
             "When the account's OAuth sign-in ends (epoch seconds); after it the account must be signed in again.",
@@ -163,6 +169,10 @@ class RelayMetrics:
         """One answer made by the relay itself; types are the relay's own, anything else is `unknown`."""
         reason = error_type if REASON.fullmatch(error_type) else "unknown"
         self.refusals.labels(reason).inc()
+
+    def observe_failovers(self, failed_accounts: list[str]) -> None:
+        for account in failed_accounts:
+            self.failovers.labels(account).inc()
 
     def observe_third_party_refusal(self, account: str) -> None:
         self.third_party.labels(account).inc()

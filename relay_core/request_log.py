@@ -33,6 +33,8 @@ def request_fields(state: FlowState, status: int, error: str | None) -> dict[str
         )
         if state.usage.partial:
             fields["partial"] = True
+    if state.failed_accounts:  # the accounts that failed this request before `account` answered it
+        fields["failed_over"] = ",".join(state.failed_account_names)
     if error:
         fields["error"] = error
     return fields

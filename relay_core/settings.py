@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         " ends with an SSE timeout_error event (before it began: 504)",
     )
     sticky_session_ttl_s: int = Field(3600, ge=1, description="a conversation stays on its account this long")
+    failover_max_switches: int = Field(
+        3,
+        ge=0,
+        description="accounts a request may move on to when one fails before its answer began (0: none; "
+        "then the client is told to retry)",
+    )
     overload_cooldown_s: int = Field(60, ge=0, description="an account that answered 529 rests this long")
     failure_streak: int = Field(3, ge=1, description="consecutive 5xx answers before an account rests")
     failure_cooldown_s: int = Field(60, ge=0, description="how long an account rests after such a streak")

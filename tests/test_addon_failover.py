@@ -167,3 +167,44 @@ async def test_errors_about_the_request_itself_pass_through_untouched(
     assert flow.response.content == upstream.content
     health = await health_of(runtime, served_by)
     assert health.state is AccountState.OK and not health.cooldowns and health.last_status == status
+
+
+async def test_an_attempt_that_failed_unseen_is_routed_anew_after_its_account_s_health_is_written(
+    runtime: Runtime,
+) -> None:
+    """The upstream_answer hook (addons/failover_stream.py): a failed attempt no client saw goes on."""
+    relay = chain(runtime)
+    key = team_key()
+    limited, healthy = account(runtime, "limited", priority=90), account(runtime, "healthy", priority=50)
+    flow = routed_flow(key, limited, accounts=[limited, healthy])
+    state(flow).switches_left = 3
+    reset = time.time() + 3600
+    flow.response = error_answer(*limited_429(reset))
+    with taddons.context(relay):
+        await relay.upstream_answer(flow)
+        await runtime.drain()
+
+    flow_state = state(flow)
+    assert flow_state.resend and not flow_state.routed and flow_state.account is None
+    assert flow_state.failed_accounts == [limited.id] and flow_state.switches_left == 2
+    assert flow.response.status_code == 429  # untouched: failover_stream drops it and sends the request again
+    stored = await health_of(runtime, limited)
+    assert stored.cooling_until("sonnet", time.time()) == pytest.approx(int(reset), abs=1)
+    assert flow_state.health[limited.id].cooling_until("sonnet", time.time()) is not None
+    assert await usage_totals(runtime) == {}  # the client's request is recorded once, by its final answer
+
+
+async def test_an_attempt_with_no_other_account_goes_on_to_today_s_answers(runtime: Runtime) -> None:
+    relay = chain(runtime)
+    key = team_key()
+    only = account(runtime, "only")
+    flow = routed_flow(key, only, accounts=[only])
+    state(flow).switches_left = 3
+    flow.response = error_answer(500, "api_error", "Internal server error")
+    with taddons.context(relay):
+        await relay.upstream_answer(flow)
+        assert not state(flow).resend and state(flow).failed_accounts == []
+        await relay.response(flow)
+        await runtime.drain()
+    assert flow.response.status_code == 500  # a single account's 5xx reaches the client as it came
+    assert (await health_of(runtime, only)).fail_streak == 1

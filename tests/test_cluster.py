@@ -58,8 +58,8 @@ test_model_client_and_expiry_rules_refuse_with_their_errors = (
     test_limits_e2e.test_model_client_and_expiry_rules_refuse_with_their_errors
 )
 oauth = test_oauth_accounts.oauth
-test_upstream_401_refreshes_once_and_the_sdk_retry_succeeds = (
-    test_oauth_accounts.test_upstream_401_refreshes_once_and_the_sdk_retry_succeeds
+test_upstream_401_refreshes_once_and_the_same_request_succeeds = (
+    test_oauth_accounts.test_upstream_401_refreshes_once_and_the_same_request_succeeds
 )
 
 

@@ -231,7 +231,7 @@ def test_failed_refresh_marks_the_account_and_traffic_moves_on(
     assert all(bad_token not in seen.headers.get("authorization", "") for seen in upstream.requests)
 
 
-def test_upstream_401_refreshes_once_and_the_sdk_retry_succeeds(
+def test_upstream_401_refreshes_once_and_the_same_request_succeeds(
     start_relay, admin: Admin, oauth: FakeOAuth, upstream: FakeUpstream
 ) -> None:
     relay = start_relay(**NO_QUEUE)
@@ -239,7 +239,7 @@ def test_upstream_401_refreshes_once_and_the_sdk_retry_succeeds(
     _, issued = add_signed_in_account(admin, oauth, "max-1", expires_in=3600)
     checker.expired.add(issued["access_token"])  # revoked early on the server side
     key = admin.create_key("team")
-    client = anthropic.Anthropic(base_url=relay.url, auth_token=key)  # default retries
+    client = anthropic.Anthropic(base_url=relay.url, auth_token=key, max_retries=0)  # sent again inside the relay
     assert client.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES).content[0].text
     assert oauth.refresh_calls == 1
     assert [seen.headers["authorization"] == f"Bearer {issued['access_token']}" for seen in upstream.requests] == [

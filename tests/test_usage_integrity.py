@@ -10,6 +10,7 @@ import gzip
 import json
 import socket
 import time
+import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable
@@ -151,12 +152,12 @@ def test_a_stream_cut_before_message_start_is_charged_its_estimated_input(
     admin.add_account("console-1", "sk-ant-api03-a")
     upstream.handler = lambda seen: Reply(headers=SSE, chunks=sse_frames(MODEL, OPUS_EXAMPLE_USAGE), abort_after=0)
     body = body_of("cut", stream=True)
-    with urllib.request.urlopen(
-        urllib.request.Request(relay.url + "/v1/messages", data=body, headers={"x-api-key": key}), timeout=10
-    ) as response:
-        assert response.status == 200
-        received = response.read()
-    assert b"message_start" not in received
+    with pytest.raises(urllib.error.HTTPError) as caught:  # the headers wait for the first event: a clean error
+        urllib.request.urlopen(
+            urllib.request.Request(relay.url + "/v1/messages", data=body, headers={"x-api-key": key}), timeout=10
+        )
+    assert caught.value.code == 502
+    assert json.loads(caught.value.read())["type"] == "error"
     (row,) = admin.wait_for_requests(1)
     assert (row["requests"], row["input_tokens"], row["partial"]) == (1, estimated_input_tokens(len(body)), 1)
     assert row["cost_usd"] > 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC
 from abc import abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from typing import Protocol
 
@@ -67,6 +68,19 @@ class UsageMeter(Protocol):
     def feed(self, chunk: bytes) -> None: ...
 
 
+@dataclass(frozen=True)
+class StreamOpening:
+    """A streamed answer's first event: 200 for an answer; else the status its error event stands for, and
+    that event's data (the error body a plain answer would have had)."""
+
+    status: int
+    error_body: bytes
+
+    @property
+    def failed(self) -> bool:
+        return self.status >= 400
+
+
 class ApiProtocol(ABC):
     """One API the relay serves to its clients and speaks to the upstream."""
 
@@ -98,6 +112,11 @@ class ApiProtocol(ABC):
     @abstractmethod
     def stream_meter(self, content_encoding: str) -> UsageMeter:
         """A meter for a streamed answer sent with this `content-encoding`."""
+
+    def stream_opening(self, head: bytes) -> StreamOpening | None:
+        """The verdict on a streamed answer's first event, or None until it is complete. A protocol whose
+        streams never open with an error keeps this default: every stream is an answer."""
+        return StreamOpening(200, b"")
 
     @abstractmethod
     def answer_usage(self, body: bytes | None) -> tuple[TokenUsage, str | None]:

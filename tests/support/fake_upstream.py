@@ -48,6 +48,7 @@ class Reply:
     # passes): a client that hangs up after them has seen exactly these chunks.
     hold_after: int | None = None
     hold_timeout: float = 30.0
+    drop: bool = False  # close the connection without any answer (the upstream died before its headers)
 
 
 @dataclass
@@ -241,6 +242,12 @@ class FakeUpstream:
                     self.close_connection = True  # the relay gave up before any answer: nothing is sent
                     return
                 sent = Sent(seen, reply.status)
+                if reply.drop:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    with upstream._lock:
+                        upstream.sent.append(sent)
+                    return
                 try:
                     self._answer(reply, sent)
                 except OSError:  # the relay (or its client) went away

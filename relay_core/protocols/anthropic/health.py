@@ -3,7 +3,7 @@
 Not every 429 is a quota hit: only one carrying `anthropic-ratelimit-unified-reset` (or, for API
 keys, a `retry-after`) cools the account, until that time and only for the model family the binding
 window concerns. "Extra usage"/"usage credits" 429s go to the client untouched. One 5xx pauses
-nothing; a streak does.
+nothing (a streak does), but the request is tried on another account.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ def judge(
         outcome.failover = True
     elif status >= 500:
         outcome.count_failure = True
+        outcome.failover = True  # another account may well answer; this one rests only after a streak
     return outcome
 
 

@@ -11,6 +11,7 @@ from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.protocols.anthropic import errors
 from relay_core.protocols.anthropic import health
+from relay_core.protocols.anthropic import opening
 from relay_core.protocols.anthropic import request_body
 from relay_core.protocols.anthropic import routes
 from relay_core.protocols.anthropic import upstream
@@ -20,6 +21,7 @@ from relay_core.protocols.anthropic.routes import AnthropicRoute
 from relay_core.protocols.anthropic.sse import SseUsageMeter
 from relay_core.protocols.base import ApiProtocol
 from relay_core.protocols.base import RequestRoute
+from relay_core.protocols.base import StreamOpening
 from relay_core.settings import Settings
 from relay_core.usage import TokenUsage
 
@@ -54,6 +56,9 @@ class AnthropicProtocol(ApiProtocol):
 
     def stream_meter(self, content_encoding: str) -> SseUsageMeter:
         return SseUsageMeter(content_encoding)
+
+    def stream_opening(self, head: bytes) -> StreamOpening | None:
+        return opening.stream_opening(head)
 
     def answer_usage(self, body: bytes | None) -> tuple[TokenUsage, str | None]:
         return usage.answer_usage(body)
