@@ -349,10 +349,12 @@ async def test_tokens_never_in_repr_str_errors_or_logs(fake: FakeOAuth, caplog: 
     assert all(access not in r.getMessage() and refresh_token not in r.getMessage() for r in caplog.records)
 
 
-async def test_socks_and_malformed_proxies_are_refused(fake: FakeOAuth) -> None:
-    for scheme in ("socks5", "socks5h", "socks4"):
-        with pytest.raises(OAuthError, match=r"SOCKS.*HTTP prox"):
+async def test_socks4_and_malformed_proxies_are_refused(fake: FakeOAuth) -> None:
+    for scheme in ("socks4", "socks4a", "socks"):
+        with pytest.raises(OAuthError, match=r"not supported; use socks5:// or socks5h://"):
             await refresh(fake.config(), "sk-ant-ort01-x", proxy=f"{scheme}://user:secret@127.0.0.1:1080")
+    with pytest.raises(OAuthError, match=r"both a user and a password"):
+        check_proxy_url("socks5://user@127.0.0.1:1080")
     for bad in ("127.0.0.1:8080", "http://127.0.0.1", "http://:8080", "ftp://host:21", "http://host:port"):
         with pytest.raises(OAuthError, match="proxy") as refused:
             check_proxy_url(bad)
@@ -360,7 +362,8 @@ async def test_socks_and_malformed_proxies_are_refused(fake: FakeOAuth) -> None:
     with pytest.raises(OAuthError, match=r"https://"):
         check_proxy_url("https://user:secret@proxy.example:443")
     assert fake.requests == []
-    check_proxy_url("http://user:p%40ss@proxy.example:3128")  # valid: no exception
+    for valid in ("http://user:p%40ss@proxy.example:3128", "socks5://u:p@10.0.0.1:1080", "socks5h://proxy.example:1080"):
+        check_proxy_url(valid)  # no exception
 
 
 async def test_http_proxy_is_used_with_credentials(fake: FakeOAuth, monkeypatch: pytest.MonkeyPatch) -> None:
