@@ -362,7 +362,11 @@ async def test_socks4_and_malformed_proxies_are_refused(fake: FakeOAuth) -> None
     with pytest.raises(OAuthError, match=r"https://"):
         check_proxy_url("https://user:secret@proxy.example:443")
     assert fake.requests == []
-    for valid in ("http://user:p%40ss@proxy.example:3128", "socks5://u:p@10.0.0.1:1080", "socks5h://proxy.example:1080"):
+    for valid in (
+        "http://user:p%40ss@proxy.example:3128",
+        "socks5://u:p@10.0.0.1:1080",
+        "socks5h://proxy.example:1080",
+    ):
         check_proxy_url(valid)  # no exception
 
 
