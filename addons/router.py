@@ -31,6 +31,7 @@ from relay_core.models import Account
 from relay_core.runtime import Runtime
 from relay_core.scheduler import choose_account
 from relay_core.sessions import session_from_body
+from relay_core.socks_bridge import SocksBridges
 from relay_core.token_refresh import RefreshFailed
 from relay_core.upstream import proxy_of
 from relay_core.upstream import target_of
@@ -42,6 +43,7 @@ class Router:
     def __init__(self, shared: RelayRuntime) -> None:
         self.shared = shared
         self._proxy_authorization: dict[tuple[str, int], str] = {}  # proxy address -> Proxy-Authorization
+        self._socks_bridges = SocksBridges()
 
     async def _account_and_secret(self, state: FlowState, runtime: Runtime) -> tuple[Account, str]:
         """Schedule; refresh a token that is due; an account that cannot be used is marked and skipped."""
@@ -85,15 +87,20 @@ class Router:
         state.reservation = (reservations, member)
         runtime.leases.hold(reservations, member)
 
-    def _route_via(self, flow: http.HTTPFlow, account: Account) -> None:
+    async def _route_via(self, flow: http.HTTPFlow, account: Account, connect_timeout_s: float) -> None:
         """Exactly this account's proxy, or none. A flow may carry the live connection of the previous request
-        on the same client connection; its route is never edited in place, a new connection is asked for."""
+        on the same client connection; its route is never edited in place, a new connection is asked for.
+        A SOCKS5 proxy is reached through this process's loopback bridge for its URL (an HTTP proxy to mitmproxy)."""
         via: ServerSpec | None = None
         if account.proxy:
             proxy = proxy_of(account.proxy)
-            via = ("http", (proxy.host, proxy.port))
-            if proxy.authorization:
-                self._proxy_authorization[(proxy.host, proxy.port)] = proxy.authorization
+            address, authorization = (proxy.host, proxy.port), proxy.authorization
+            if proxy.is_socks:
+                bridge = await self._socks_bridges.bridge_for(account.proxy, connect_timeout_s)
+                address, authorization = bridge.address, bridge.authorization
+            via = ("http", address)
+            if authorization:
+                self._proxy_authorization[address] = authorization
         if flow.server_conn.via != via:
             flow.server_conn = Server(address=(flow.request.host, flow.request.port))
             flow.server_conn.via = via
@@ -101,7 +108,7 @@ class Router:
     def http_connect_upstream(self, flow: http.HTTPFlow) -> None:
         """The CONNECT to an account's proxy carries the proxy's credentials. mitmproxy tunnels every proxied
         connection through a new flow and connection of its own, so credentials are found by proxy address
-        (accounts that share a proxy address share its credentials)."""
+        (accounts that share a proxy address share its credentials; a SOCKS bridge's are this process's token)."""
         address = flow.server_conn.address
         authorization = self._proxy_authorization.get(address) if address is not None else None
         if authorization:
@@ -163,6 +170,9 @@ class Router:
         flow.request.port = target.port
         if target.path_prefix:
             flow.request.path = target.path_prefix + flow.request.path
-        self._route_via(flow, reach)
+        await self._route_via(flow, reach, settings.upstream_connect_timeout_s)
         state.account = account
         state.routed = True
+
+    async def done(self) -> None:
+        await self._socks_bridges.close()

@@ -5,7 +5,11 @@ from __future__ import annotations
 import click
 
 priority_option = click.option("--priority", default=50, show_default=True, help="higher is used first")
-proxy_option = click.option("--proxy", default=None, help="outbound HTTP proxy, http://[user:pass@]host:port")
+proxy_option = click.option(
+    "--proxy",
+    default=None,
+    help="outbound proxy for all of the account's traffic: http://, socks5:// or socks5h://[user:pass@]host:port",
+)
 weight_option = click.option(
     "--weight",
     default=1,

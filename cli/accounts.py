@@ -169,7 +169,7 @@ def reset(context: CliContext, name: str) -> None:
 @click.option("--priority", type=int, default=None, help="higher is used first")
 @click.option("--weight", type=click.IntRange(min=1), default=None, help="share among equal priority")
 @click.option("--base-url", default=None, help="upstream base URL ('' for the relay's default)")
-@click.option("--proxy", default=None, help="outbound HTTP proxy ('' for none)")
+@click.option("--proxy", default=None, help="outbound proxy: http://, socks5:// or socks5h:// ('' for none)")
 @click.option("--groups", default=None, help="comma-separated groups a key can be bound to ('' for none)")
 @click.option(
     "--queue",

@@ -2,13 +2,12 @@
 
 Pure protocol and HTTP, with no mitmproxy and no store: callers decide where tokens live and who may refresh
 (refresh tokens may rotate, so refreshes must be single-flight per account; that is the caller's job).
-HTTP uses only the standard library, run in a thread, so this module adds no dependency.
+HTTP goes through relay_core.outbound: direct or through the account's proxy (HTTP or SOCKS5).
 Tokens never appear in reprs, exception messages or log lines.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -16,9 +15,7 @@ import logging
 import re
 import secrets
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 from pydantic import BaseModel
@@ -26,6 +23,7 @@ from pydantic import ConfigDict
 from pydantic import Field
 from pydantic import SecretStr
 
+from relay_core import outbound
 from relay_core.upstream import Proxy
 from relay_core.upstream import proxy_of
 
@@ -272,34 +270,25 @@ async def _call(
     proxy: str | None,
     sensitive: tuple[str, ...],
 ) -> dict[str, Any]:
-    opener = http_opener(proxy)  # validate before spawning a thread
+    if proxy:
+        check_proxy_url(proxy)  # refused before anything is sent
     all_headers = {"accept": "application/json", "user-agent": config.user_agent, **headers}
     data = None
     if body is not None:
         data = json.dumps(body).encode()
         all_headers["content-type"] = "application/json"
-    request = urllib.request.Request(url, data=data, headers=all_headers, method=method)
-    return await asyncio.to_thread(_send, opener, request, config.timeout_s, sensitive)
-
-
-def _send(
-    opener: urllib.request.OpenerDirector, request: urllib.request.Request, timeout: float, sensitive: tuple[str, ...]
-) -> dict[str, Any]:
-    where = urllib.parse.urlsplit(request.full_url).netloc
+    where = urllib.parse.urlsplit(url).netloc
     try:
-        with opener.open(request, timeout=timeout) as response:
-            raw = response.read()
-    except urllib.error.HTTPError as exc:
-        raw = exc.read() if exc.fp is not None else b""
-        error = _error_from_body(exc.code, raw, sensitive)
-        log.warning("oauth %s %s failed: %s", request.get_method(), where, error)
-        raise error from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        log.warning("oauth %s %s unreachable: %s", request.get_method(), where, reason)
-        raise OAuthError(f"cannot reach {where}: {_scrub(str(reason), sensitive)}") from None
+        response = await outbound.send(proxy, method, url, all_headers, data, config.timeout_s)
+    except outbound.OutboundError as exc:
+        log.warning("oauth %s %s unreachable: %s", method, where, _scrub(str(exc), sensitive))
+        raise OAuthError(f"cannot reach {where}: {_scrub(str(exc), sensitive)}") from None
+    if response.status_code >= 400:
+        error = _error_from_body(response.status_code, response.content, sensitive)
+        log.warning("oauth %s %s failed: %s", method, where, error)
+        raise error
     try:
-        payload = json.loads(raw)
+        payload = json.loads(response.content)
     except ValueError:
         raise OAuthError(f"{where} answered with a non-JSON body") from None
     if not isinstance(payload, dict):
@@ -338,31 +327,3 @@ def check_proxy_url(proxy: str) -> Proxy:
         return proxy_of(proxy)
     except ValueError as exc:
         raise OAuthError(str(exc)) from None
-
-
-class _AccountProxy(urllib.request.BaseHandler):
-    """Send every request through one HTTP proxy (CONNECT for https).
-
-    Unlike urllib's ProxyHandler it ignores no_proxy, so an account's traffic never leaves without its proxy.
-    """
-
-    handler_order = 100  # before the HTTP(S) handlers, like ProxyHandler
-
-    def __init__(self, proxy: Proxy) -> None:
-        self._hostport = f"{proxy.host}:{proxy.port}"
-        self._auth = proxy.authorization
-
-    def _route(self, request: urllib.request.Request) -> None:
-        if self._auth:
-            request.add_header("Proxy-authorization", self._auth)  # moved to the CONNECT request for https
-        request.set_proxy(self._hostport, "http")
-
-    http_open = https_open = _route
-
-
-def http_opener(proxy: str | None) -> urllib.request.OpenerDirector:
-    """Direct, or through the account's proxy; environment proxies are ignored, as for mitmproxy's upstream traffic."""
-    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-    if proxy:
-        handlers.append(_AccountProxy(check_proxy_url(proxy)))
-    return urllib.request.build_opener(*handlers)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
+from relay_core import outbound
 from relay_core.models import Account
-from relay_core.oauth import http_opener
 from relay_core.protocols.anthropic.upstream import credential_headers
 from relay_core.settings import Settings
 
 UNIFIED = "anthropic-ratelimit-unified-"
+PROBE_TIMEOUT_S = 30
 LIMIT_PREFIX = "limit_"  # distinct from the probe's own fields (`status` is the HTTP status, never a window's)
 
 
@@ -38,6 +36,7 @@ class ProbeResult:
 
 
 async def probe(account: Account, secret: str, settings: Settings, model: str) -> ProbeResult:
+    """`account` with its URLs opened (account_urls.opened); raises OutboundError when no answer comes."""
     body = json.dumps({"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]})
     headers = {
         "content-type": "application/json",
@@ -46,17 +45,11 @@ async def probe(account: Account, secret: str, settings: Settings, model: str) -
         **credential_headers(account, secret, None, settings.oauth_beta),
     }
     url = (account.base_url or settings.upstream_url).rstrip("/") + "/v1/messages"
-    request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")
-    opener = http_opener(account.proxy)
-
-    def send() -> ProbeResult:
-        started = time.perf_counter()
-        try:
-            with opener.open(request, timeout=30) as response:
-                status, raw, answer = response.status, response.headers, response.read()
-        except urllib.error.HTTPError as exc:
-            status, raw, answer = exc.code, exc.headers, exc.read()
-        latency = (time.perf_counter() - started) * 1000
-        return ProbeResult(status, latency, {k.lower(): v for k, v in raw.items()}, answer)
-
-    return await asyncio.to_thread(send)
+    started = time.perf_counter()
+    try:
+        response = await outbound.send(account.proxy, "POST", url, headers, body.encode(), PROBE_TIMEOUT_S)
+    except ValueError as exc:  # a proxy URL the relay cannot use
+        raise outbound.OutboundError(str(exc)) from None
+    latency = (time.perf_counter() - started) * 1000
+    headers_seen = {name.lower(): value for name, value in response.headers.items()}
+    return ProbeResult(response.status_code, latency, headers_seen, response.content)

@@ -131,6 +131,35 @@ async def test_a_bound_key_goes_to_its_account_by_its_base_url_and_proxy(runtime
     assert "proxy-authorization" not in elsewhere.request.headers
 
 
+async def test_a_socks5_account_is_routed_through_a_loopback_bridge_that_wants_this_processs_token(
+    runtime: Runtime,
+) -> None:
+    await add_account(runtime, "socksed", API_KEY, proxy="socks5h://relayuser:s0cks-pass@10.9.9.9:1080", priority=90)
+    await add_account(runtime, "other", "sk-ant-api03-OTHER-0123456789", proxy="socks5://10.9.9.9:1080", priority=10)
+    secret = await add_key(runtime, "bound", account="socksed")
+    other_key = await add_key(runtime, "other", account="other")
+    router = Router(RelayRuntime(runtime))
+    try:
+        flow = await routed(runtime, secret, messages_body(system=CLAUDE_CODE_SYSTEM), router=router)
+        scheme, (host, port) = flow.server_conn.via  # type: ignore[misc]
+        assert (scheme, host) == ("http", "127.0.0.1") and port != 1080  # mitmproxy sees an HTTP proxy
+        again = await routed(runtime, secret, messages_body(system=CLAUDE_CODE_SYSTEM), router=router)
+        assert again.server_conn.via == flow.server_conn.via  # one bridge per SOCKS URL
+        other = await routed(runtime, other_key, messages_body(system=CLAUDE_CODE_SYSTEM), router=router)
+        assert other.server_conn.via is not None and other.server_conn.via[1] != (host, port)
+        assert "s0cks-pass" not in repr(flow.server_conn) + str(flow.request.headers)
+
+        connect = tflow.tflow(req=tutils.treq(method=b"CONNECT", path=b"", authority=b"api.anthropic.com:443"))
+        connect.server_conn.address = (host, port)
+        router.http_connect_upstream(connect)
+        token = connect.request.headers["proxy-authorization"]
+        assert (
+            token.startswith("Basic ") and "s0cks-pass" not in token and token != "Basic cmVsYXl1c2VyOnMwY2tzLXBhc3M="
+        )
+    finally:
+        await router.done()
+
+
 async def test_an_account_whose_credential_cannot_be_decrypted_is_marked_and_skipped(
     runtime: Runtime, settings: Settings
 ) -> None:

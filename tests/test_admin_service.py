@@ -202,8 +202,10 @@ async def test_update_account_settings_and_url_credentials(admin: AdminService, 
     with pytest.raises(NotApplicableError):
         await admin.accounts.update("api", AccountChanges(allow_extra_usage=True))
     with pytest.raises(InvalidValueError) as refused:
-        await admin.accounts.update("api", AccountChanges(proxy="socks5://10.0.0.1:1080"))
+        await admin.accounts.update("api", AccountChanges(proxy="socks4://10.0.0.1:1080"))
     assert refused.value.field == "proxy"
+    socks = await admin.accounts.update("api", AccountChanges(proxy=f"socks5h://u:{PROXY_PASSWORD}@10.0.0.3:1080"))
+    assert socks.proxy == "socks5h://10.0.0.3:1080" and PROXY_PASSWORD not in stored_text(admin, valkey_url)
 
 
 async def test_disable_and_enable_account(admin: AdminService) -> None:

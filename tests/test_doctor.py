@@ -19,6 +19,9 @@ from click.testing import Result
 
 from cli.main import main
 from relay_core.crypto import Keyring
+from relay_core.diagnostics.checks import Level
+from relay_core.diagnostics.network_checks import Target
+from relay_core.diagnostics.network_checks import reach
 from relay_core.health import AccountState
 from relay_core.health import HealthRules
 from relay_core.health import Outcome
@@ -33,6 +36,7 @@ from tests.support.admin import Admin
 from tests.support.fake_oauth import FakeOAuth
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.relay_process import RelayProcess
+from tests.support.socks_proxy import SocksProxy
 
 API_KEY = "sk-ant-api03-DOCTOR-APIKEY-0123456789"
 ACCESS = "sk-ant-oat01-DOCTOR-ACCESS-0123456789"
@@ -402,3 +406,17 @@ def test_prices_check_names_recent_models_it_cannot_price(
     assert prices["level"] == "warn" and "other-model" in prices["detail"] and "my-model" not in prices["detail"]
     monkeypatch.setenv("RELAY_PRICE_OVERRIDES", json.dumps({m: {"input": 1.0} for m in ("my-model", "other-model")}))
     assert levels(cli("status", "--format", "json"))["prices"] == "ok"
+
+
+async def test_doctor_reaches_an_upstream_through_the_accounts_socks5_proxy(upstream: FakeUpstream) -> None:
+    socks = SocksProxy("relay", "s0cks-Pa55").start()
+    try:
+        through = await reach(Target("upstream", upstream.url, socks.url()), ["socksed"])
+        assert through.level is Level.OK and "used by socksed" in through.detail
+        assert through.name == f"upstream {upstream.url} via socks5://relay:***@127.0.0.1:{socks.port}"
+        assert socks.wait_for(1) == [upstream.url.removeprefix("http://")]
+        refused = await reach(Target("upstream", upstream.url, socks.url(password="wrong-Pa55")), [])
+        assert refused.level is Level.FAIL and "SOCKS proxy refused" in refused.detail
+        assert "wrong-Pa55" not in f"{refused.name} {refused.detail}"
+    finally:
+        socks.stop()

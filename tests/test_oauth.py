@@ -32,6 +32,7 @@ from relay_core.oauth import refresh
 from tests.support.fake_oauth import FULL_SCOPES
 from tests.support.fake_oauth import REFRESH_SCOPES
 from tests.support.fake_oauth import FakeOAuth
+from tests.support.socks_proxy import SocksProxy
 
 NOW = 1_800_000_000.0
 B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -349,10 +350,12 @@ async def test_tokens_never_in_repr_str_errors_or_logs(fake: FakeOAuth, caplog: 
     assert all(access not in r.getMessage() and refresh_token not in r.getMessage() for r in caplog.records)
 
 
-async def test_socks_and_malformed_proxies_are_refused(fake: FakeOAuth) -> None:
-    for scheme in ("socks5", "socks5h", "socks4"):
-        with pytest.raises(OAuthError, match=r"SOCKS.*HTTP prox"):
+async def test_socks4_and_malformed_proxies_are_refused(fake: FakeOAuth) -> None:
+    for scheme in ("socks4", "socks4a", "socks"):
+        with pytest.raises(OAuthError, match=r"not supported; use socks5:// or socks5h://"):
             await refresh(fake.config(), "sk-ant-ort01-x", proxy=f"{scheme}://user:secret@127.0.0.1:1080")
+    with pytest.raises(OAuthError, match=r"both a user and a password"):
+        check_proxy_url("socks5://user@127.0.0.1:1080")
     for bad in ("127.0.0.1:8080", "http://127.0.0.1", "http://:8080", "ftp://host:21", "http://host:port"):
         with pytest.raises(OAuthError, match="proxy") as refused:
             check_proxy_url(bad)
@@ -360,7 +363,12 @@ async def test_socks_and_malformed_proxies_are_refused(fake: FakeOAuth) -> None:
     with pytest.raises(OAuthError, match=r"https://"):
         check_proxy_url("https://user:secret@proxy.example:443")
     assert fake.requests == []
-    check_proxy_url("http://user:p%40ss@proxy.example:3128")  # valid: no exception
+    for valid in (
+        "http://user:p%40ss@proxy.example:3128",
+        "socks5://u:p@10.0.0.1:1080",
+        "socks5h://proxy.example:1080",
+    ):
+        check_proxy_url(valid)  # no exception
 
 
 async def test_http_proxy_is_used_with_credentials(fake: FakeOAuth, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -373,6 +381,29 @@ async def test_http_proxy_is_used_with_credentials(fake: FakeOAuth, monkeypatch:
     seen = fake.requests[-1]
     assert seen.proxied and seen.path == "/v1/oauth/token"
     assert seen.headers["proxy-authorization"] == "Basic " + base64.b64encode(b"user:p@ss").decode()
+
+
+async def test_refresh_and_usage_go_through_a_socks5_proxy_with_its_login(fake: FakeOAuth) -> None:
+    socks = SocksProxy("relay", "s0cks-Pa55").start()
+    try:
+        issued = fake.issue_tokens()
+        tokens = await refresh(fake.config(), issued["refresh_token"], proxy=socks.url())
+        usage = await fetch_usage(fake.config(), tokens.access_token.get_secret_value(), proxy=socks.url())
+        assert usage["five_hour"] == {"utilization": 24.0, "resets_at": "2026-01-02T19:59:59.600956+00:00"}
+        address = fake.url.removeprefix("http://")
+        assert socks.wait_for(2) == [address, address]
+        assert [seen.path for seen in fake.requests] == ["/v1/oauth/token", "/api/oauth/usage"]
+
+        local = fake.config(token_url=fake.url.replace("127.0.0.1", "localhost") + "/v1/oauth/token")
+        await refresh(local, tokens.refresh_token.get_secret_value(), proxy=socks.url("socks5h"))  # type: ignore[union-attr]
+        assert socks.wait_for(3)[-1] == "localhost:" + address.rsplit(":", 1)[1]  # the proxy resolved the name
+
+        with pytest.raises(OAuthError, match="cannot reach") as refused:
+            await fetch_usage(fake.config(), "sk-ant-oat01-x", proxy=socks.url(password="wrong-Pa55"))
+        assert "SOCKS" in str(refused.value) and "wrong-Pa55" not in str(refused.value)
+        assert socks.refused_logins() == 1 and len(fake.requests) == 3
+    finally:
+        socks.stop()
 
 
 async def test_environment_proxies_are_ignored(fake: FakeOAuth, monkeypatch: pytest.MonkeyPatch) -> None:

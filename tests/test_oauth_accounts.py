@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -16,6 +19,8 @@ import redis
 from click.testing import CliRunner
 
 from cli.main import main
+from relay_core import oauth as oauth_flow
+from relay_core.account_urls import opened
 from relay_core.crypto import Keyring
 from relay_core.models import Account
 from relay_core.models import AccountKind
@@ -29,6 +34,7 @@ from tests.support.fake_upstream import Reply
 from tests.support.fake_upstream import Seen
 from tests.support.fake_upstream import message_json
 from tests.support.relay_process import RelayProcess
+from tests.support.socks_proxy import SocksProxy
 
 MODEL = "claude-sonnet-4-6"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -305,9 +311,91 @@ def test_an_accounts_traffic_leaves_through_its_proxy(
         proxy.stop()
 
 
-def test_socks_proxies_are_refused_clearly(cli) -> None:
-    refused = cli("accounts", "add-console", "socks", "--api-key", "k", "--proxy", "socks5://127.0.0.1:1080", ok=False)
-    assert "SOCKS proxies are not supported" in refused and "HTTP-to-SOCKS bridge" in refused
+SOCKS_PASSWORD = "s0cks-Pa55"
+BRIDGED = re.compile(r"SOCKS proxy 127\.0\.0\.1:\d+: bridged at 127\.0\.0\.1:(\d+)")
+
+
+@pytest.fixture
+def socks() -> Iterator[SocksProxy]:
+    server = SocksProxy("relay", SOCKS_PASSWORD).start()
+    yield server
+    server.stop()
+
+
+def test_a_socks5_accounts_messages_refresh_usage_and_probe_all_go_through_its_proxy(
+    relay: RelayProcess, admin: Admin, upstream: FakeUpstream, oauth: FakeOAuth, cli, socks: SocksProxy
+) -> None:
+    TokenCheckingUpstream(upstream, oauth)
+    _, issued = add_signed_in_account(admin, oauth, "socksed", expires_in=-10, proxy=socks.url())  # due a refresh
+    key = admin.create_key("team")
+    client = anthropic.Anthropic(base_url=relay.url, auth_token=key, max_retries=0)
+    for _ in range(2):
+        assert client.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES).content[0].text
+    assert oauth.refresh_calls == 1 and len(upstream.requests) == 2
+    oauth_address, upstream_address = oauth.url.removeprefix("http://"), upstream.url.removeprefix("http://")
+    tunnels = socks.wait_for(2)
+    assert tunnels[0] == oauth_address  # the refresh, before the first message
+    assert set(tunnels) == {oauth_address, upstream_address}
+    assert upstream.requests[0].headers["authorization"] != f"Bearer {issued['access_token']}"  # the refreshed one
+
+    stored = stored_account(admin, "socksed")
+    keyring = admin.runtime.keyring
+    reach = opened(stored, keyring)  # the sealed proxy login, opened as the relay opens it
+    access = keyring.open(stored.sealed_secret, stored.id)
+    before = len(socks.tunnels())
+    usage = asyncio.run(oauth_flow.fetch_usage(oauth.config(), access, proxy=reach.proxy))
+    assert usage["five_hour"]["utilization"] == 24.0
+    assert socks.wait_for(before + 1)[before:] == [oauth_address]
+
+    assert json.loads(cli("accounts", "test", "socksed", "--format", "json"))["status"] == 200
+    assert socks.wait_for(before + 2)[before + 1 :] == [upstream_address]
+    assert len(upstream.requests) == 3
+
+    shown = (
+        cli("accounts", "list")
+        + cli("accounts", "show", "socksed")
+        + cli("accounts", "show", "socksed", "--format", "json")
+    )
+    assert f"socks5://***@127.0.0.1:{socks.port}" in shown
+    for text in (shown, relay.log()):
+        assert SOCKS_PASSWORD not in text
+    assert SOCKS_PASSWORD.encode() not in raw_store(admin.settings.redis_url)
+
+
+def test_socks5h_leaves_the_upstream_name_to_the_proxy(
+    relay: RelayProcess, admin: Admin, upstream: FakeUpstream, socks: SocksProxy
+) -> None:
+    by_name = upstream.url.replace("127.0.0.1", "localhost")
+    admin.add_account("remote-dns", "sk-ant-api03-remote", base_url=by_name, proxy=socks.url("socks5h"))
+    key = admin.create_key("team")
+    client = anthropic.Anthropic(base_url=relay.url, api_key=key, max_retries=0)
+    assert client.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES).content[0].text
+    assert socks.wait_for(1) == [by_name.removeprefix("http://")]
+    assert upstream.requests[-1].headers["x-api-key"] == "sk-ant-api03-remote"
+
+
+def test_a_wrong_socks_password_fails_the_request_at_once_and_the_bridge_wants_its_token(
+    relay: RelayProcess, admin: Admin, upstream: FakeUpstream, socks: SocksProxy
+) -> None:
+    admin.add_account("bad-login", "sk-ant-api03-badlogin", proxy=socks.url(password="wrong-Pa55"))
+    key = admin.create_key("team")
+    client = anthropic.Anthropic(base_url=relay.url, api_key=key, max_retries=0, timeout=30)
+    started = time.monotonic()
+    with pytest.raises(anthropic.APIStatusError) as failed:
+        client.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES)
+    assert time.monotonic() - started < 10
+    assert failed.value.status_code == 502 and failed.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    assert upstream.requests == [] and socks.refused_logins() >= 1 and socks.tunnels() == []
+    assert relay.wait_for_output(f"SOCKS proxy 127.0.0.1:{socks.port}: cannot open")
+    assert "wrong-Pa55" not in relay.log()
+
+    # the bridge is no open proxy for other local processes: without this relay's token, 407
+    ports = {int(port) for port in BRIDGED.findall(relay.log())}
+    assert ports
+    for port in ports:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(f"CONNECT {upstream.url.removeprefix('http://')} HTTP/1.1\r\n\r\n".encode())
+            assert connection.recv(1024).startswith(b"HTTP/1.1 407 ")
 
 
 def test_setup_token_sign_in_gives_a_long_lived_token_without_refresh(cli, admin: Admin, oauth: FakeOAuth) -> None:

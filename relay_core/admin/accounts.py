@@ -20,6 +20,7 @@ from relay_core.admin.views import account_view
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import new_id
+from relay_core.outbound import OutboundError
 from relay_core.probe import probe
 from relay_core.protocols.anthropic.health import judge
 from relay_core.runtime import Runtime
@@ -155,7 +156,10 @@ class AccountAdmin:
         runtime = self.runtime
         account = await runtime.refresher.usable(await self.get(name))
         secret = self.keyring.open(account.sealed_secret, account.id)
-        result = await probe(opened(account, self.keyring), secret, runtime.settings, model)
+        try:
+            result = await probe(opened(account, self.keyring), secret, runtime.settings, model)
+        except OutboundError as exc:
+            raise AdminError(f"account {name!r}: no answer: {exc}") from None
         rules = runtime.settings.health_rules
         outcome = judge(
             result.status, result.headers, result.body, account.kind, rules, allow_extra_usage=account.allow_extra_usage

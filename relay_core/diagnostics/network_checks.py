@@ -6,7 +6,6 @@ proxy's own credentials).
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import time
@@ -16,12 +15,11 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 from urllib.parse import urlunsplit
 
+from relay_core import outbound
 from relay_core.diagnostics.checks import Check
 from relay_core.diagnostics.checks import Level
 from relay_core.masking import masked_url
 from relay_core.models import Account
-from relay_core.oauth import OAuthError
-from relay_core.oauth import http_opener
 from relay_core.settings import Settings
 
 REACH_TIMEOUT_S = 5.0
@@ -50,27 +48,22 @@ def targets(settings: Settings, accounts: list[Account]) -> dict[Target, list[st
     return found
 
 
-def reach(target: Target, users: list[str], timeout: float = REACH_TIMEOUT_S) -> Check:
+async def reach(target: Target, users: list[str], timeout: float = REACH_TIMEOUT_S) -> Check:
     """One GET without any credential: any HTTP answer means the endpoint is reachable."""
     name = f"{target.what} {masked_url(target.url)}" + (f" via {masked_url(target.proxy)}" if target.proxy else "")
     used_by = f"; used by {', '.join(users)}" if users else ""
     url = target.url + "/v1/models" if target.what == "upstream" else target.url
     parts = urlsplit(url)
-    if "@" in parts.netloc:  # credentials in a URL are not sent (and urllib would quote them in an error)
+    if "@" in parts.netloc:  # credentials in a URL are not sent (and an error might quote them)
         url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     where = "RELAY_OAUTH__TOKEN_URL" if target.what == "oauth" else "RELAY_UPSTREAM_URL or the account's --base-url"
     fix = f"check DNS, firewall, {where}" + (", and the account's --proxy" if target.proxy else "")
-    request = urllib.request.Request(url, headers={"user-agent": "claude-relay-doctor"}, method="GET")
     started = time.perf_counter()
     try:
-        with http_opener(target.proxy).open(request, timeout=timeout) as response:
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-        exc.close()
-    except (urllib.error.URLError, OSError, OAuthError, ValueError, http.client.HTTPException) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        return Check(name, Level.FAIL, f"unreachable: {reason}{used_by}", fix)
+        response = await outbound.send(target.proxy, "GET", url, {"user-agent": "claude-relay-doctor"}, None, timeout)
+        status = response.status_code
+    except (outbound.OutboundError, ValueError) as exc:
+        return Check(name, Level.FAIL, f"unreachable: {exc}{used_by}", fix)
     took = (time.perf_counter() - started) * 1000
     if target.proxy and status in (407, 502, 503, 504):
         return Check(name, Level.FAIL, f"the proxy answered HTTP {status}{used_by}", "check the account's --proxy")

@@ -83,7 +83,7 @@ async def _with_network(
 ) -> Report:
     if active:
         accounts = [opened(a, keyring) for a in facts.accounts] if keyring is not None else facts.accounts
-        probes = [asyncio.to_thread(reach, t, users) for t, users in targets(settings, accounts).items()]
+        probes = [reach(t, users) for t, users in targets(settings, accounts).items()]
         probes.append(asyncio.to_thread(listen_check, settings))
         report.checks += await asyncio.gather(*probes)
     return report

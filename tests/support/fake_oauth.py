@@ -233,7 +233,7 @@ class FakeOAuth:
         if "oauth-2025-04-20" not in seen.headers.get("anthropic-beta", ""):
             return 401, _anthropic_error("authentication_error", "OAuth authentication is currently not supported.")
         window = {"utilization": 24.0, "resets_at": "2026-01-02T19:59:59.600956+00:00"}
-        return 200, {"five_hour": window, "seven_day": window, "seven_day_opus": None}
+        return 200, {"five_hour": window, "seven_day": window, "seven_day_opus": None, "seven_day_sonnet": None}
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         fake = self
