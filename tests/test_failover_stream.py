@@ -9,6 +9,7 @@ import mitmproxy.version
 import pytest
 from mitmproxy.proxy.layers.http import HttpStream
 
+from addons import failover_stream
 from addons.failover_stream import UpstreamAnswerHook
 from relay_core.protocols.anthropic.opening import MAX_OPENING_BYTES
 from relay_core.protocols.anthropic.opening import stream_opening
@@ -20,6 +21,11 @@ def test_the_mitmproxy_internals_failover_stream_uses_exist() -> None:
     """addons/failover_stream.py replaces three HttpStream methods and drives its states; a mitmproxy that
     moved them must fail here, not in production."""
     assert mitmproxy.version.VERSION.startswith("12.")
+    originals = {
+        "send_response": failover_stream._original_send_response,
+        "start_response_stream": failover_stream._original_start_response_stream,
+        "handle_protocol_error": failover_stream._original_handle_protocol_error,
+    }
     for name, parameters in {
         "send_response": ["self", "already_streamed"],
         "start_response_stream": ["self"],
@@ -30,11 +36,12 @@ def test_the_mitmproxy_internals_failover_stream_uses_exist() -> None:
         "state_stream_response_body": ["self", "event"],
         "state_done": ["self", "_"],
     }.items():
-        method = getattr(HttpStream, name)
+        method = originals.get(name) or getattr(HttpStream, name)
         assert list(inspect.signature(method).parameters) == parameters, name
     source = inspect.getsource(HttpStream.__init__)
     assert "self.response_body_buf = ReceiveBuffer()" in source
-    assert "self.server_state = self.state_done" in inspect.getsource(HttpStream.send_response)
+    assert "self.server_state = self.state_done" in inspect.getsource(failover_stream._original_send_response)
+    assert "def start_response_stream" in inspect.getsource(failover_stream._original_start_response_stream)
     assert UpstreamAnswerHook.name == "upstream_answer"
 
 

@@ -53,21 +53,29 @@ def assert_anthropic_error(status: int, headers: dict[str, str], body: bytes, er
     return payload
 
 
-def test_dead_upstream_gets_a_retryable_anthropic_error_and_fails_over(
+def test_a_dead_upstream_fails_over_inside_and_alone_gets_a_retryable_anthropic_error(
     start_relay, admin: Admin, upstream: FakeUpstream
 ) -> None:
     relay = start_relay(RELAY_FAILURE_STREAK="1")
     key = admin.create_key("team")
     admin.add_account("dead", "sk-ant-api03-dead", base_url="http://127.0.0.1:9", priority=90)
     admin.add_account("alive", "sk-ant-api03-alive", priority=10)
+    # the dead account's refused connection sends the request on to the live one, inside the relay
+    status, headers, body = request(relay.url + "/v1/messages", headers={"x-api-key": key})
+    assert status == 200 and json.loads(body)["content"]
+    # one failure was the whole streak: the next request goes straight to the live account
+    client = anthropic.Anthropic(base_url=relay.url, api_key=key, max_retries=0)
+    assert client.messages.create(model="claude-haiku-4-5-20251001", max_tokens=5, messages=MESSAGES).content
+    assert [seen.headers["x-api-key"] for seen in upstream.requests] == ["sk-ant-api03-alive"] * 2
+    assert "failed_over=dead" in relay.log()
+
+    # with no account left, the client gets a retryable Anthropic error that leaks no address
+    admin.set_account_enabled("alive", False)
+    admin.reset_account("dead")
     status, headers, body = request(relay.url + "/v1/messages", headers={"x-api-key": key})
     assert status == 502
     assert_anthropic_error(status, headers, body, "api_error")
     assert headers["X-Should-Retry"] == "true" and "127.0.0.1" not in body.decode()
-    # one failure was the whole streak: the next request goes to the live account
-    client = anthropic.Anthropic(base_url=relay.url, api_key=key, max_retries=0)
-    assert client.messages.create(model="claude-haiku-4-5-20251001", max_tokens=5, messages=MESSAGES).content
-    assert [seen.headers["x-api-key"] for seen in upstream.requests] == ["sk-ant-api03-alive"]
 
 
 def test_malformed_http_gets_an_anthropic_error(relay: RelayProcess, admin: Admin, upstream: FakeUpstream) -> None:

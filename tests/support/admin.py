@@ -54,6 +54,13 @@ class Admin:
             fields.setdefault("allow_other_clients", True)
         return self._admin(lambda admin: admin.accounts.add(name, AccountKind(kind), secret, **fields))
 
+    def set_account_enabled(self, name: str, enabled: bool) -> None:
+        self._admin(lambda admin: admin.accounts.set_enabled(name, enabled))
+
+    def reset_account(self, name: str) -> None:
+        """Clear the account's health (cooldowns, state), as `relay accounts reset` does."""
+        self._admin(lambda admin: admin.accounts.reset(name))
+
     def set_key_enabled(self, name: str, enabled: bool) -> None:
         self._admin(lambda admin: admin.keys.set_enabled(name, enabled))
 
