@@ -33,7 +33,7 @@ class AlertHook(BaseModel):
     created_at: float = Field(default_factory=time.time)
 
     def wants(self, event_type: str) -> bool:
-        return not self.events or event_type in self.events or event_type == "alert.test"
+        return not self.events or event_type in self.events
 
 
 def masked_hook_url(url: str) -> str:
