@@ -14,6 +14,7 @@ from relay_core.clients import claude_code_headers
 from relay_core.errors import RelayError
 from relay_core.errors import store_unavailable
 from relay_core.errors import unauthenticated
+from relay_core.events import StoreUnreachable
 from relay_core.limits import periods
 from relay_core.limits import refusal_error
 from relay_core.sessions import session_from_headers
@@ -62,6 +63,7 @@ class Auth:
             )
         except StoreError as exc:
             logger.error("store unavailable during admission: %s", exc)
+            runtime.events.publish(StoreUnreachable(error=str(exc)))
             raise store_unavailable() from None
         if admission is None:
             raise unauthenticated("Invalid team key. Ask your relay admin for a valid key.")

@@ -100,6 +100,7 @@ class Recorder:
             self.shared.current().journal.forget(state.request_id)
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        self._publish_outcome(flow)
         state = self._pending(flow)
         if state is None or flow.response is None:
             self._forget(flow)
@@ -115,6 +116,13 @@ class Recorder:
                 body = flow.response.get_content(strict=False)
                 usage = record_from_body(state, body, status, settings.price_overrides, received)
         await self._record(state, usage, state.outcome)
+
+    def _publish_outcome(self, flow: http.HTTPFlow) -> None:
+        """The events of the judged answer (relay_core/events.py). Here, after the Failover, so an answer it
+        recorded itself (a failover) publishes too: every judged answer passes this hook exactly once."""
+        state = state_of(flow)
+        if state is not None and state.routed and state.account is not None:
+            self.shared.current().publish_outcome(state.account, state.outcome, state.health.get(state.account.id))
 
     async def error(self, flow: http.HTTPFlow) -> None:
         """Client gone or upstream died: keep what the stream already showed, or estimate the input when the
@@ -156,6 +164,7 @@ class Recorder:
             else None
         )
         journal_field = await runtime.journal.finish(state.request_id)
+        charge = charge_of(state.key, usage, runtime.store.zone) if usage is not None else None
         write = runtime.store.record_completion(
             state.account.id,
             outcome,
@@ -163,7 +172,7 @@ class Recorder:
             usage,
             settings.usage_retention_days,
             sticky,
-            charge_of(state.key, usage, runtime.store.zone) if usage is not None else None,
+            charge,
             state.reservation,
             journal_field,
         )
@@ -172,7 +181,7 @@ class Recorder:
             state.reservation = None
         if usage is not None and state.key.limits.charged_at_completion:
             try:
-                await write
+                runtime.publish_spend(state.key, charge, await write)
             except StoreError as exc:
                 logger.error("could not charge key %r: %s", state.key.name, exc)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.accounts import accounts
+from cli.alerts import alerts
 from cli.context import CliContext
 from cli.doctor import doctor
 from cli.doctor import status
@@ -37,6 +38,7 @@ main.add_command(web)
 main.add_command(status)
 main.add_command(doctor)
 main.add_command(store)
+main.add_command(alerts)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ class Outcome:
     count_failure: bool = False  # a 5xx: part of a streak that cools the account at the threshold
     failover: bool = False  # the request may succeed on another account: send it there
     third_party: bool = False  # Anthropic refused the request as not from Claude Code (a 400, passed through)
+    extra_usage: bool = False  # the answer was billed to the subscription's extra usage (overage)
     rate_limits: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -151,7 +151,7 @@ class UsageJournal:
                 journal_field=field,
                 only_once=True,
             )
-            recorded += int(written)
+            recorded += int(written.written)
         if recorded:
             logger.warning("recorded the usage of %d streams a relay process that stopped had running", recorded)
         return recorded

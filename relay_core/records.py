@@ -39,6 +39,15 @@ class Charge:
 
 
 @dataclass(frozen=True)
+class Completion:
+    """What record_completion wrote: whether it wrote (False: `only_once` found the entry gone), and the key's
+    spend per budget period after the charge, which budget alerts compare with the budget."""
+
+    written: bool
+    spend: Mapping[str, int]  # period -> nanoUSD spent in its current period
+
+
+@dataclass(frozen=True)
 class StickyBinding:
     key_id: str
     session: str

@@ -6,17 +6,31 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from relay_core.account_events import budget_events
+from relay_core.account_events import events_of_outcome
+from relay_core.account_events import signin_events
+from relay_core.alerts import Alerter
 from relay_core.crypto import Keyring
 from relay_core.crypto import load_or_create_secret
+from relay_core.events import EventBus
+from relay_core.events import StoreUnreachable
+from relay_core.health import AccountHealth
+from relay_core.health import Outcome
 from relay_core.journal import UsageJournal
 from relay_core.leases import LeaseKeeper
+from relay_core.models import Account
+from relay_core.models import TeamKey
+from relay_core.records import Charge
+from relay_core.records import Completion
 from relay_core.settings import CONFIG_FILE_ENV
 from relay_core.settings import Settings
 from relay_core.store import Store
+from relay_core.store import StoreError
 from relay_core.store.embedded import ensure_embedded_store
 from relay_core.store.embedded import is_running
 from relay_core.token_refresh import TokenRefresher
@@ -53,12 +67,16 @@ class Runtime:
         )
         self.queue = UserMessageQueue(self.store, settings)
         self.leases = LeaseKeeper(self.store, settings.lease_ttl_ms)
-        self.refresher = TokenRefresher(self.store, self.keyring, settings)
+        self.events = EventBus(settings.alerts_queue_size, settings.alerts_store_unreachable_interval_s)
+        self.alerter = Alerter(self.store, self.keyring, settings)
+        self.events.subscribe(self.alerter)
+        self.refresher = TokenRefresher(self.store, self.keyring, settings, self.events.publish)
         self.journal = UsageJournal(self.store, settings.health_rules, settings.usage_retention_days)
         self.draining = False  # set on SIGTERM: new requests are refused while running ones finish
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: asyncio.Task[None] | None = None
         self._store_watch: asyncio.Task[None] | None = None
+        self._alerts: list[asyncio.Task[None]] = []
 
     async def check_secret(self) -> None:
         """Refuse a server secret other than the one the store's keys and tokens were made with."""
@@ -86,8 +104,37 @@ class Runtime:
         loop = asyncio.get_running_loop()
         self._background = loop.create_task(self.refresher.run_forever())
         self.journal.start()
+        self._alerts = [loop.create_task(self.events.run()), loop.create_task(self._watch_signins())]
         if not self.settings.redis_url:
             self._store_watch = loop.create_task(self._watch_embedded_store())
+
+    def publish_outcome(self, account: Account, outcome: Outcome | None, previous: AccountHealth | None) -> None:
+        """The events of one judged answer (previous: the account's health the request read at admission)."""
+        if outcome is None:
+            return
+        try:
+            self.events.publish_all(events_of_outcome(account, outcome, previous, time.time()))
+        except Exception:  # an alert must never fail the request it came from
+            logger.exception("could not publish the events of account %r's answer", account.name)
+
+    def publish_spend(self, key: TeamKey, charge: Charge | None, completion: Completion) -> None:
+        """`key.budget` for each budget threshold the charge crossed (completion: the spend it left)."""
+        if charge is None or not completion.spend:
+            return
+        try:
+            self.events.publish_all(budget_events(key, charge, completion.spend, time.time()))
+        except Exception:
+            logger.exception("could not publish the budget events of key %r", key.name)
+
+    async def _watch_signins(self) -> None:
+        """Sign-ins ending soon; the alert goes once per sign-in (its end is part of the event's identity)."""
+        while True:
+            try:
+                accounts = await self.store.list_accounts()
+                self.events.publish_all(signin_events(accounts, self.settings.alerts_signin_warning_days, time.time()))
+            except StoreError as exc:
+                self.events.publish(StoreUnreachable(error=str(exc)))
+            await asyncio.sleep(self.settings.alerts_check_interval_s)
 
     async def _watch_embedded_store(self) -> None:
         """The embedded store is this relay's to keep alive: when its server dies, start it again (the
@@ -112,13 +159,14 @@ class Runtime:
             await asyncio.sleep(0)
 
     async def close(self) -> None:
-        for task in (self._background, self._store_watch):
+        for task in (self._background, self._store_watch, *self._alerts):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.journal.close()
         await self.drain()
+        await self.alerter.close()
         await self.queue.close()
         await self.leases.close()
         await self.store.close()

@@ -167,6 +167,25 @@ class Settings(BaseSettings):
     web_max_body_bytes: int = Field(
         32768, ge=0, description="most bytes of each request/response body a `relay web` flow keeps"
     )
+    # Alerts (relay_core/events.py, relay_core/alerts.py; webhooks: `relay alerts add`).
+    alerts_signin_warning_days: int = Field(
+        7, ge=0, description="send account.signin_ending this many days before an account's OAuth sign-in ends"
+    )
+    alerts_check_interval_s: int = Field(
+        3600, ge=1, description="how often each relay looks for sign-ins ending (the alert goes once per sign-in)"
+    )
+    alerts_queue_size: int = Field(
+        1000, ge=1, description="events waiting to be sent per relay process; beyond, new ones are dropped (logged)"
+    )
+    alerts_attempts: int = Field(3, ge=1, le=10, description="attempts to deliver one alert to one webhook")
+    alerts_retry_base_s: float = Field(
+        1.0, ge=0, description="wait before the second attempt; each later one waits 4 times longer (capped)"
+    )
+    alerts_retry_max_s: float = Field(30.0, ge=0, description="longest wait between two attempts")
+    alerts_timeout_s: float = Field(5.0, gt=0, description="longest wait for a webhook's answer, per attempt")
+    alerts_store_unreachable_interval_s: int = Field(
+        300, ge=1, description="at most one store.unreachable alert per relay process this often"
+    )
     price_overrides: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="USD per million tokens for models genai-prices does not know: "

@@ -14,10 +14,14 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 
 from relay_core import oauth
 from relay_core.account_urls import opened
 from relay_core.crypto import Keyring
+from relay_core.events import AccountRefreshFailing
+from relay_core.events import Event
+from relay_core.events import StoreUnreachable
 from relay_core.health import AccountState
 from relay_core.models import Account
 from relay_core.settings import Settings
@@ -35,10 +39,13 @@ class RefreshFailed(Exception):
 
 
 class TokenRefresher:
-    def __init__(self, store: Store, keyring: Keyring, settings: Settings) -> None:
+    def __init__(
+        self, store: Store, keyring: Keyring, settings: Settings, publish: Callable[[Event], None] | None = None
+    ) -> None:
         self.store = store
         self.keyring = keyring
         self.settings = settings
+        self.publish = publish or (lambda event: None)  # the events seam (relay_core/events.py)
         # account name -> end of its OAuth sign-in, as of the last background pass (for /metrics, no extra reads)
         self.signin_ends: dict[str, float] = {}
 
@@ -86,6 +93,7 @@ class TokenRefresher:
             reason = f"token refresh failed: {exc}"
             await self.store.set_account_state(account.id, AccountState.ERROR, reason)
             logger.error("account %r: %s", account.name, reason)
+            self.publish(AccountRefreshFailing(account=account.name, account_id=account.id, reason=reason))
             raise RefreshFailed(f"account {account.name!r}: {reason}") from None
         seal = self.keyring.seal
         rotated = tokens.refresh_token.get_secret_value() if tokens.refresh_token else refresh_token
@@ -145,4 +153,5 @@ class TokenRefresher:
                 await self.refresh_due()
             except StoreError as exc:
                 logger.warning("background token refresh skipped: %s", exc)
+                self.publish(StoreUnreachable(error=str(exc)))
             await asyncio.sleep(self.settings.refresh_interval_s)

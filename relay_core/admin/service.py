@@ -1,4 +1,4 @@
-"""The admin service: every operation on keys and accounts that the CLI and the web page offer.
+"""The admin service: every operation on keys, accounts and alerts that the CLI and the web page offer.
 
 It works on one Runtime (its store and keyring), returns records and raises AdminError subclasses
 (or the store's NameTakenError and StoreError); it prints nothing and knows no click.
@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Any
 
 from relay_core.admin.accounts import AccountAdmin
+from relay_core.admin.alerts import AlertAdmin
 from relay_core.admin.errors import InvalidValueError
 from relay_core.admin.errors import NotFoundError
 from relay_core.admin.keys import KeyAdmin
@@ -26,6 +27,7 @@ class AdminService:
         self.keys = KeyAdmin(runtime)
         self.accounts = AccountAdmin(runtime)
         self.signin = SignInAdmin(runtime, self.accounts)
+        self.alerts = AlertAdmin(runtime)
 
     async def usage(
         self, by: str, since: dt.date | None = None, until: dt.date | None = None, key_name: str | None = None

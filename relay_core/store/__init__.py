@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from relay_core.store.accounts import Accounts
 from relay_core.store.admission import Admissions
+from relay_core.store.alerts import Alerts
 from relay_core.store.client import NameTakenError
 from relay_core.store.client import StoreError
 from relay_core.store.client import connect
@@ -28,5 +29,7 @@ from relay_core.store.usage import Usage
 __all__ = ["NameTakenError", "Store", "StoreError", "connect"]
 
 
-class Store(SecretFingerprint, TeamKeys, Accounts, Logins, RefreshLock, Admissions, Health, Usage, Journal, RateLock):
+class Store(
+    SecretFingerprint, TeamKeys, Accounts, Logins, RefreshLock, Admissions, Health, Usage, Journal, RateLock, Alerts
+):
     """Redis/Valkey behind one prefix: `Store(url, prefix, timezone, timeout_ms, max_connections)`."""

@@ -31,6 +31,7 @@ class KeyNames:
         self.k_usage = f"{tag}:usage"
         self.k_journal = f"{tag}:journal"
         self.k_instances = f"{tag}:instances"
+        self.k_alert_hooks = f"{tag}:alerts:hooks"  # webhook id -> AlertHook json
         self.lock_channel = f"{tag}:queue:released"  # a pub/sub channel, not a key
         self.first_use_prefix = f"{tag}:first_use:"
         self.window_prefix = f"{tag}:win:"
@@ -60,6 +61,10 @@ class KeyNames:
 
     def key_reservations(self, key_id: str) -> str:
         return f"{self.tag}:reserved:{key_id}"
+
+    def alert_claim_key(self, identity: str) -> str:
+        """The claim of one event (relay_core/events.py identity): whoever sets it first sends it."""
+        return f"{self.tag}:alerts:sent:{identity}"
 
     def login_key(self, name: str) -> str:
         return f"{self.tag}:login:{name}"

@@ -13,6 +13,7 @@ from relay_core.health import HealthRules
 from relay_core.health import Outcome
 from relay_core.limits import NANOS_PER_USD
 from relay_core.records import Charge
+from relay_core.records import Completion
 from relay_core.records import StickyBinding
 from relay_core.records import UsageCell
 from relay_core.records import UsageRecord
@@ -37,10 +38,10 @@ class Usage(KeyLimits):
         reservation: tuple[str, str] | None = None,
         journal_field: str | None = None,
         only_once: bool = False,
-    ) -> bool:
+    ) -> Completion:
         """Everything one finished response changes, in one script call: usage, the key's spend and token
         windows, stickiness, the budget reservation (reservations, member) it settles, account health, and
-        its usage journal entry. `only_once`: write nothing unless the entry was still there (False then)."""
+        its usage journal entry. `only_once`: write nothing unless the entry was still there (not `written` then)."""
         keys: list[str] = [self.k_journal] if journal_field else []
         args: list[str | int | float] = [journal_field or "", int(only_once)]
         buckets = self._usage_fields(usage) if usage is not None else []
@@ -76,8 +77,10 @@ class Usage(KeyLimits):
             for name, value in outcome.rate_limits.items():
                 args += [name, value]
         if not keys:
-            return True
-        return bool(await self._run(_RECORD_COMPLETION, keys=keys, args=args))
+            return Completion(True, {})
+        counted = await self._run(_RECORD_COMPLETION, keys=keys, args=args)
+        spent = charge.periods if charge is not None and charge.cost_nanousd else {}
+        return Completion(bool(counted[0]), dict(zip(spent, (int(v) for v in counted[1:]), strict=False)))
 
     def _usage_fields(self, record: UsageRecord) -> list[tuple[str, list[str | int]]]:
         """The buckets the record adds to, each with its field/value pairs (zeros left out): the day's

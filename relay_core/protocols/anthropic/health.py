@@ -77,7 +77,8 @@ def judge(
     from the binding window the headers name, not from the request's model."""
     now = time.time() if now is None else now
     outcome = Outcome(status=status, rate_limits=rate_limit_snapshot(headers))
-    if kind is AccountKind.OAUTH and not allow_extra_usage and spending_extra_usage(headers):
+    outcome.extra_usage = kind is AccountKind.OAUTH and spending_extra_usage(headers)
+    if outcome.extra_usage and not allow_extra_usage:
         _rest_until_plan_resets(outcome, headers, rules, now)
     if status < 400:
         return outcome

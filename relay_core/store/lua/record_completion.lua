@@ -7,10 +7,12 @@
 -- C amount/ttl s (0: none) pairs; sticky ttl s (0: none), sticky account; the reservation to settle
 -- ('': none); then, when a health key is given: status, cool family, cool until, state, reason, count
 -- failure (0/1), failure streak, failure cooldown s, and the rate-limit snapshot as field/value pairs.
--- Returns 0 when `only once` found the journal entry gone (nothing written), else 1.
+-- Returns {0} when `only once` found the journal entry gone (nothing written), else {1, then each counter's
+-- new value in order} (the key's spend per budget period: what budget alerts compare with the budget).
 local k, a = 1, 3
+local counted = {1}
 if ARGV[1] ~= '' then
-  if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 and ARGV[2] == '1' then return 0 end
+  if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 and ARGV[2] == '1' then return {0} end
   k = 2
 end
 local buckets = tonumber(ARGV[a])
@@ -25,7 +27,7 @@ end
 local counters = tonumber(ARGV[a])
 for i = 1, counters do
   local at = a + 2 * i - 1
-  redis.call('INCRBY', KEYS[k], ARGV[at])
+  counted[i + 1] = redis.call('INCRBY', KEYS[k], ARGV[at])
   if tonumber(ARGV[at + 1]) > 0 then redis.call('EXPIRE', KEYS[k], ARGV[at + 1]) end
   k = k + 1
 end
@@ -40,7 +42,7 @@ if ARGV[a] ~= '' then
   k = k + 1
 end
 a = a + 1
-if k > #KEYS then return 1 end
+if k > #KEYS then return counted end
 local h = KEYS[k]
 local status, family, cool_until, state, reason = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
 redis.call('HSET', h, 'last_status', status)
@@ -61,4 +63,4 @@ elseif tonumber(status) < 400 then
   redis.call('HSET', h, 'fail_streak', 0)
 end
 for i = a + 8, #ARGV, 2 do redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end
-return 1
+return counted
