@@ -21,6 +21,7 @@ ALL_MODELS = "all"
 QUOTA_WINDOWS = ("5h", "7d", "7d_opus", "7d_sonnet")
 WINDOW_FAMILY = {"7d_opus": "opus", "7d_sonnet": "sonnet"}
 HEADER_WINDOWS = ("5h", "7d")  # the unified rate-limit headers carry only these
+PAUSE_FAMILIES = ("other", "opus", "sonnet")  # one family bound by each set of windows
 SAME_WINDOW_S = 60  # two readings whose resets differ less than this concern the same window
 
 
@@ -173,6 +174,8 @@ def account_state(account: Account, health: AccountHealth, now: float) -> str:
         return "limited"
     if account.is_expired(now) and not account.refreshable:
         return "expired"
+    if any(health.paused_until(account.pause_at, family, now) for family in PAUSE_FAMILIES):
+        return "paused"  # at its pause-at threshold: no new sessions (of some model family) until a reset
     return "active"
 
 

@@ -14,6 +14,7 @@ from relay_core.crypto import Keyring
 from relay_core.crypto import load_or_create_secret
 from relay_core.journal import UsageJournal
 from relay_core.leases import LeaseKeeper
+from relay_core.quota import QuotaPoller
 from relay_core.settings import CONFIG_FILE_ENV
 from relay_core.settings import Settings
 from relay_core.store import Store
@@ -54,11 +55,13 @@ class Runtime:
         self.queue = UserMessageQueue(self.store, settings)
         self.leases = LeaseKeeper(self.store, settings.lease_ttl_ms)
         self.refresher = TokenRefresher(self.store, self.keyring, settings)
+        self.quota = QuotaPoller(self.store, self.keyring, settings, self.refresher)
         self.journal = UsageJournal(self.store, settings.health_rules, settings.usage_retention_days)
         self.draining = False  # set on SIGTERM: new requests are refused while running ones finish
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: asyncio.Task[None] | None = None
         self._store_watch: asyncio.Task[None] | None = None
+        self._quota_poll: asyncio.Task[None] | None = None
 
     async def check_secret(self) -> None:
         """Refuse a server secret other than the one the store's keys and tokens were made with."""
@@ -85,6 +88,7 @@ class Runtime:
         """Work each relay process does on its own schedule (single-flight across processes)."""
         loop = asyncio.get_running_loop()
         self._background = loop.create_task(self.refresher.run_forever())
+        self._quota_poll = loop.create_task(self.quota.run_forever())
         self.journal.start()
         if not self.settings.redis_url:
             self._store_watch = loop.create_task(self._watch_embedded_store())
@@ -112,7 +116,7 @@ class Runtime:
             await asyncio.sleep(0)
 
     async def close(self) -> None:
-        for task in (self._background, self._store_watch):
+        for task in (self._background, self._quota_poll, self._store_watch):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -21,6 +21,7 @@ from relay_core.store.journal import Journal
 from relay_core.store.keys import TeamKeys
 from relay_core.store.logins import Logins
 from relay_core.store.meta import SecretFingerprint
+from relay_core.store.quota import QuotaReadings
 from relay_core.store.rate_lock import RateLock
 from relay_core.store.refresh_lock import RefreshLock
 from relay_core.store.usage import Usage
@@ -28,5 +29,17 @@ from relay_core.store.usage import Usage
 __all__ = ["NameTakenError", "Store", "StoreError", "connect"]
 
 
-class Store(SecretFingerprint, TeamKeys, Accounts, Logins, RefreshLock, Admissions, Health, Usage, Journal, RateLock):
+class Store(
+    SecretFingerprint,
+    TeamKeys,
+    Accounts,
+    Logins,
+    RefreshLock,
+    Admissions,
+    Health,
+    Usage,
+    Journal,
+    RateLock,
+    QuotaReadings,
+):
     """Redis/Valkey behind one prefix: `Store(url, prefix, timezone, timeout_ms, max_connections)`."""
