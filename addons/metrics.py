@@ -6,7 +6,8 @@ Recorder learns the usage only in its own `response` hook, so counts taken at th
 chain would be wrong. At `running` this addon therefore appends a tally as its own entry at the
 very end of mitmproxy's chain (like FailClosedGate): it sees the request just before it goes
 upstream and every answer as the client gets it, and another addon's failing hook cannot skip it.
-Account sign-in ends come from the background token refresher's last pass, so a scrape reads no store.
+Account sign-in ends come from the background token refresher's last pass, and quota readings from the
+quota poller's (relay_core/quota.py, every tenth of its interval), so a scrape reads no store.
 """
 
 from __future__ import annotations
@@ -178,8 +179,10 @@ class Metrics:
                 assert flow.response is not None
                 flow.response.headers["www-authenticate"] = 'Bearer realm="relay metrics"'
                 return
-            if self.shared.configured():  # what the background refresher last read: no store read per scrape
-                self.metrics.set_signin_ends(self.shared.current().refresher.signin_ends)
+            if self.shared.configured():  # what the background refresher and poller last read: no store read here
+                runtime = self.shared.current()
+                self.metrics.set_signin_ends(runtime.refresher.signin_ends)
+                self.metrics.set_quota(runtime.quota.readings)
             flow.response = http.Response.make(200, self.metrics.render(), {"content-type": CONTENT_TYPE})
         except Exception:
             logger.exception("could not answer GET /metrics")

@@ -17,3 +17,33 @@ weight_option = click.option(
     type=click.IntRange(min=1),
     help="share of new sessions among accounts of equal priority",
 )
+
+
+class PauseAt(click.ParamType):
+    """A quota fraction (0.9), a percentage (90%), or off (0, none): off is 0.0, which clears the setting."""
+
+    name = "FRACTION|off"
+    OFF = ("off", "none", "0")
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip().lower()
+        if text in self.OFF:
+            return 0.0
+        try:
+            number = float(text.removesuffix("%")) / (100 if text.endswith("%") else 1)
+        except ValueError:
+            self.fail(f"{value!r} is neither a fraction such as 0.9, a percentage such as 90%, nor off", param, ctx)
+        if not 0 < number <= 1:
+            self.fail(f"{value!r} is outside 0 < x <= 1 (0.9 or 90% for 90 %)", param, ctx)
+        return number
+
+
+pause_at_option = click.option(
+    "--pause-at",
+    type=PauseAt(),
+    default=None,
+    help="subscriptions: take no new sessions while a quota window (5h, 7d, or the 7d window of the requested "
+    "model) is this full, e.g. 0.9 or 90%, until it resets; 'off' clears it",
+)

@@ -12,6 +12,7 @@ from typing import TextIO
 
 import click
 
+from cli.account_options import pause_at_option
 from cli.account_options import priority_option
 from cli.account_options import proxy_option
 from cli.account_options import weight_option
@@ -34,8 +35,11 @@ LIST_COLUMNS = (
     "state",
     "limited_until",
     "limited_families",
-    "utilization_5h",
-    "utilization_7d",
+    "quota_5h",
+    "quota_7d",
+    "quota_7d_opus",
+    "quota_7d_sonnet",
+    "pause_at",
     "last_error",
     "requests_today",
     "priority",
@@ -143,7 +147,18 @@ def list_accounts(context: CliContext, fmt: str) -> None:
         return await admin.accounts.views(await admin.accounts.list_accounts())
 
     rows = context.run(op)
-    emit_rows(rows if fmt == "json" else [{c: r[c] for c in LIST_COLUMNS} for r in rows], fmt)
+    emit_rows(rows if fmt == "json" else [{c: _list_cell(r, c) for c in LIST_COLUMNS} for r in rows], fmt)
+
+
+def _list_cell(row: dict[str, Any], column: str) -> Any:
+    """A quota column joins a window's utilisation and its reset in one cell: `95% to 2026-…T19:59:59+00:00`."""
+    if not column.startswith("quota_"):
+        return row[column]
+    window = column.removeprefix("quota_")
+    utilization, reset = row[f"utilization_{window}"], row[f"reset_{window}"]
+    if utilization is None:
+        return None
+    return f"{utilization} to {reset}" if reset else utilization
 
 
 @accounts.command()
@@ -189,6 +204,7 @@ def reset(context: CliContext, name: str) -> None:
     help="send clients that are not Claude Code to this subscription; since 2026-04 Anthropic bills them as "
     "extra usage (to the owner) or refuses them (default: no)",
 )
+@pause_at_option
 @format_option()
 @pass_cli_context
 def update(
@@ -202,6 +218,7 @@ def update(
     queue: Literal["on", "off", "default"] | None,
     allow_extra_usage: bool | None,
     allow_other_clients: bool | None,
+    pause_at: float | None,
     fmt: str,
 ) -> None:
     """Change an account's settings (never its tokens, which a concurrent refresh may be replacing)."""
@@ -214,6 +231,7 @@ def update(
         queue=queue,
         allow_extra_usage=allow_extra_usage,
         allow_other_clients=allow_other_clients,
+        pause_at=pause_at,
     )
     _emit_account(context, fmt, lambda admin: admin.accounts.update(name, changes))
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one relay process: requests, tokens, dollars, latency, refusals and sign-in ends.
+"""Prometheus metrics of one relay process: requests, tokens, dollars, latency, refusals, sign-in ends and quota.
 
 Each process owns its own registry (not prometheus_client's global one), so tests and several
 relays in one interpreter never share counters. Label values are key and account NAMES, never
@@ -21,6 +21,7 @@ from prometheus_client import Histogram
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from relay_core.health import QuotaWindow
 from relay_core.usage import TokenUsage
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -124,6 +125,20 @@ class RelayMetrics:
             registry=self.registry,
         )
 
+        self.quota_utilization = Gauge(
+            "relay_account_quota_utilization",
+            "How full the subscription's quota window is (0-1, may pass 1), from the usage poll and the last "
+            "answer's headers; windows: 5h, 7d, 7d_opus, 7d_sonnet. A window that reset since is not shown.",
+            ["account", "window"],
+            registry=self.registry,
+        )
+        self.quota_reset = Gauge(
+            "relay_account_quota_reset_seconds",
+            "When the subscription's quota window resets (epoch seconds).",
+            ["account", "window"],
+            registry=self.registry,
+        )
+
     def model_label(self, model: str | None) -> str:
         """The model's id; once `max_models` ids were seen, any new one is `other`."""
         label = model_id(model)
@@ -182,6 +197,16 @@ class RelayMetrics:
         self.signin_end.clear()
         for account, ends_at in ends.items():
             self.signin_end.labels(account).set(ends_at)
+
+    def set_quota(self, readings: Mapping[str, Mapping[str, QuotaWindow]]) -> None:
+        """Replace the quota gauges with `readings` (account name -> window -> reading)."""
+        self.quota_utilization.clear()
+        self.quota_reset.clear()
+        for account, windows in readings.items():
+            for window, reading in windows.items():
+                self.quota_utilization.labels(account, window).set(reading.utilization)
+                if reading.resets_at is not None:
+                    self.quota_reset.labels(account, window).set(reading.resets_at)
 
     def render(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of this process's metrics."""

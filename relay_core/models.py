@@ -97,6 +97,12 @@ class Account(BaseModel):
     allow_other_clients: bool = Field(
         False, description="serve clients that are not Claude Code on this subscription (billed as extra usage)"
     )
+    pause_at: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="subscription quota (0-1) at which the account takes no new sessions until the window resets",
+    )
     created_at: float = Field(default_factory=time.time)
 
     def is_expired(self, now: float) -> bool:

@@ -25,6 +25,7 @@ from relay_core.journal import UsageJournal
 from relay_core.leases import LeaseKeeper
 from relay_core.models import Account
 from relay_core.models import TeamKey
+from relay_core.quota import QuotaPoller
 from relay_core.records import Charge
 from relay_core.records import Completion
 from relay_core.settings import CONFIG_FILE_ENV
@@ -71,12 +72,14 @@ class Runtime:
         self.alerter = Alerter(self.store, self.keyring, settings)
         self.events.subscribe(self.alerter)
         self.refresher = TokenRefresher(self.store, self.keyring, settings, self.events.publish)
+        self.quota = QuotaPoller(self.store, self.keyring, settings, self.refresher)
         self.journal = UsageJournal(self.store, settings.health_rules, settings.usage_retention_days)
         self.draining = False  # set on SIGTERM: new requests are refused while running ones finish
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: asyncio.Task[None] | None = None
         self._store_watch: asyncio.Task[None] | None = None
         self._alerts: list[asyncio.Task[None]] = []
+        self._quota_poll: asyncio.Task[None] | None = None
 
     async def check_secret(self) -> None:
         """Refuse a server secret other than the one the store's keys and tokens were made with."""
@@ -103,6 +106,7 @@ class Runtime:
         """Work each relay process does on its own schedule (single-flight across processes)."""
         loop = asyncio.get_running_loop()
         self._background = loop.create_task(self.refresher.run_forever())
+        self._quota_poll = loop.create_task(self.quota.run_forever())
         self.journal.start()
         self._alerts = [loop.create_task(self.events.run()), loop.create_task(self._watch_signins())]
         if not self.settings.redis_url:
@@ -159,7 +163,7 @@ class Runtime:
             await asyncio.sleep(0)
 
     async def close(self) -> None:
-        for task in (self._background, self._store_watch, *self._alerts):
+        for task in (self._background, self._quota_poll, self._store_watch, *self._alerts):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -3,7 +3,8 @@
 Candidates are the key's bound account or group (else every account), minus subscriptions for a
 client that is not Claude Code (unless allowed), and minus those disabled, expired, unauthorized,
 blocked or cooling for the requested model family. A conversation stays on
-its account while that account can serve it. Otherwise: the highest priority wins; within it,
+its account while that account can serve it. A new session skips accounts paused at their
+`pause_at` quota threshold (until the window resets). Otherwise: the highest priority wins; within it,
 accounts near a subscription limit are a last resort, and the rest share new sessions by weight.
 """
 
@@ -40,6 +41,11 @@ def serves(account: Account, health: AccountHealth, family: str, now: float) -> 
     return account.enabled and fresh and health.serves(family, now)
 
 
+def paused_until(account: Account, health: AccountHealth, family: str, now: float) -> float | None:
+    """Until when the account takes no new sessions of `family`: a quota window at its pause-at threshold."""
+    return health.paused_until(account.pause_at, family, now)
+
+
 def choose_account(
     accounts: Sequence[Account],
     health: Mapping[str, AccountHealth],
@@ -66,6 +72,9 @@ def choose_account(
     for account in usable:
         if account.id == sticky:
             return account
+    usable = [a for a in usable if paused_until(a, health.get(a.id, HEALTHY), family, now) is None]
+    if not usable:
+        raise no_account_error(pool, health, family, now, key)
     relaxed = [a for a in usable if not health.get(a.id, HEALTHY).near_limit(warning_utilization, now)] or usable
     top = max(a.priority for a in relaxed)
     tier = [a for a in relaxed if a.priority == top]
@@ -89,19 +98,24 @@ def no_account_error(
             should_retry=False,
         )
     waits = []
+    paused = False
     for account in pool:
         state = health.get(account.id, HEALTHY)
-        until = state.cooling_until(family, now)
+        cooling = state.cooling_until(family, now)
+        pause = paused_until(account, state, family, now)
+        paused = paused or pause is not None
+        until = max(cooling or 0.0, pause or 0.0)
         if until and serves(account, state, family, until):
             waits.append(until)
     if waits:
         soonest = min(waits)
         seconds = max(1, math.ceil(soonest - now))
         at = human_utc(soonest)
+        why = "rate limit, overload, or a quota at its pause-at threshold" if paused else "rate limit or overload"
         return RelayError(
             429,
             "rate_limit_error",
-            f"Every upstream account that can serve {family} models is cooling down (rate limit or overload). "
+            f"Every upstream account that can serve {family} models is cooling down ({why}). "
             f"The next one frees up at "
             f"{at} (in {_duration(seconds)}).",
             retry_after=seconds,

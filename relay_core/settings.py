@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     refresh_margin_s: int = Field(300, ge=0, description="refresh an access token this long before it expires")
     refresh_interval_s: int = Field(60, ge=1, description="how often each relay looks for tokens due a refresh")
     refresh_lock_ttl_s: int = Field(30, ge=1, description="a refresh whose relay died frees its lock after this")
+    quota_poll_interval_s: int = Field(
+        300,
+        ge=0,
+        description="how often each subscription account's quota is read from the usage endpoint (one relay"
+        " polls each account per interval); 0: never",
+    )
     lease_ttl_ms: int = Field(
         4000,
         ge=1000,

@@ -46,7 +46,9 @@ def relay_env(
 ) -> dict[str, str]:
     return {
         "RELAY_OAUTH__TOKEN_URL": oauth_server.config().token_url,
+        "RELAY_OAUTH__USAGE_URL": oauth_server.config().usage_url,
         "RELAY_OAUTH__TIMEOUT_S": "5",
+        "RELAY_QUOTA_POLL_INTERVAL_S": "0",  # off unless a test is about it (tests/test_quota.py turns it on)
         "RELAY_REDIS_URL": valkey_url,
         "RELAY_DATA_DIR": str(tmp_path_factory.mktemp("relay-data")),
         "RELAY_SECRET_KEY": secrets.token_urlsafe(40),
@@ -63,7 +65,9 @@ def settings_for(relay_env: dict[str, str]) -> Settings:
         secret_key=relay_env["RELAY_SECRET_KEY"],
         upstream_url=relay_env["RELAY_UPSTREAM_URL"],
         key_prefix=relay_env["RELAY_KEY_PREFIX"],
-        oauth=OAuthConfig(token_url=relay_env["RELAY_OAUTH__TOKEN_URL"], timeout_s=5),
+        oauth=OAuthConfig(
+            token_url=relay_env["RELAY_OAUTH__TOKEN_URL"], usage_url=relay_env["RELAY_OAUTH__USAGE_URL"], timeout_s=5
+        ),
     )
 
 

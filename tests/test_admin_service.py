@@ -208,6 +208,22 @@ async def test_update_account_settings_and_url_credentials(admin: AdminService, 
     assert socks.proxy == "socks5h://10.0.0.3:1080" and PROXY_PASSWORD not in stored_text(admin, valkey_url)
 
 
+async def test_pause_at_is_a_fraction_for_subscriptions_and_off_clears_it(admin: AdminService) -> None:
+    await admin.accounts.add("max-1", AccountKind.OAUTH, "sk-ant-oat01-x")
+    await admin.accounts.add("api", AccountKind.CONSOLE, API_KEY)
+    assert (await admin.accounts.update("max-1", AccountChanges(pause_at=0.9))).pause_at == 0.9
+    assert (await admin.accounts.update("max-1", AccountChanges(priority=80))).pause_at == 0.9  # left as it was
+    view = (await admin.accounts.views([await admin.accounts.get("max-1")]))[0]
+    assert view["pause_at"] == "90%" and view["utilization_5h"] is None and view["state"] == "active"
+    assert (await admin.accounts.update("max-1", AccountChanges(pause_at=0))).pause_at is None
+    for wrong in (1.5, 90.0, -0.1):
+        with pytest.raises(InvalidValueError) as refused:
+            await admin.accounts.update("max-1", AccountChanges(pause_at=wrong))
+        assert refused.value.field == "pause_at"
+    with pytest.raises(NotApplicableError):
+        await admin.accounts.update("api", AccountChanges(pause_at=0.9))
+
+
 async def test_disable_and_enable_account(admin: AdminService) -> None:
     await admin.accounts.add("api", AccountKind.CONSOLE, API_KEY)
     assert not (await admin.accounts.set_enabled("api", False)).enabled

@@ -28,6 +28,7 @@ from relay_core.errors import RelayError
 from relay_core.errors import unauthenticated
 from relay_core.flow_state import METADATA_KEY
 from relay_core.flow_state import FlowState
+from relay_core.health import QuotaWindow
 from relay_core.metrics import CONTENT_TYPE
 from relay_core.metrics import RelayMetrics
 from relay_core.metrics import is_loopback
@@ -153,6 +154,20 @@ def test_signin_end_gauge_is_replaced_as_a_whole() -> None:
     }
     assert names == {"max-2"}
     assert total(found, "relay_account_signin_end_timestamp_seconds", account="max-2") == 1_900_600_000
+
+
+def test_quota_gauges_per_account_and_window_are_replaced_as_a_whole() -> None:
+    metrics = RelayMetrics()
+    metrics.set_quota(
+        {"max-1": {"5h": QuotaWindow(0.95, 1_900_000_000.0), "7d_opus": QuotaWindow(0.5, None)}, "max-2": {}}
+    )
+    found = samples(metrics.render().decode())
+    assert total(found, "relay_account_quota_utilization", account="max-1", window="5h") == 0.95
+    assert total(found, "relay_account_quota_reset_seconds", account="max-1", window="5h") == 1_900_000_000
+    assert total(found, "relay_account_quota_utilization", account="max-1", window="7d_opus") == 0.5
+    assert ("relay_account_quota_reset_seconds", frozenset({("account", "max-1"), ("window", "7d_opus")})) not in found
+    metrics.set_quota({})
+    assert not [name for name, _ in samples(metrics.render().decode()) if name.startswith("relay_account_quota")]
 
 
 # --- The addon, at unit level ---------------------------------------------------------------------------------

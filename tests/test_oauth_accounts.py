@@ -573,4 +573,4 @@ def test_accounts_test_shows_every_unified_limit_header(
     ):
         assert line in table
     rows = {row["name"]: row for row in json.loads(cli("accounts", "list", "--format", "json"))}
-    assert rows["max-1"]["utilization_7d"] == "0.91"  # the probe's answer fed the account's health too
+    assert rows["max-1"]["utilization_7d"] == "91%"  # the probe's answer fed the account's health too

@@ -201,3 +201,68 @@ def test_nothing_usable_and_nothing_cooling_is_a_503() -> None:
     with pytest.raises(RelayError) as caught:
         choose_account([], {}, KEY, "m", NOW)
     assert "relay accounts add" in caught.value.message
+
+
+def polled(**windows: tuple[float, float | None]) -> dict[str, str]:
+    """Health hash fields of a usage-endpoint reading: window -> (utilisation 0-1, reset epoch)."""
+    fields = {"q_at": str(NOW)}
+    for name, (utilization, reset) in windows.items():
+        fields[f"q_{name}_util"] = str(utilization)
+        if reset is not None:
+            fields[f"q_{name}_reset"] = str(reset)
+    return fields
+
+
+def test_quota_fields_parse_into_windows() -> None:
+    health = AccountHealth.from_fields(polled(**{"5h": (0.95, NOW + 60), "7d_opus": (0.5, None)}))
+    assert health.quota_at == NOW
+    assert health.quota["5h"].utilization == 0.95 and health.quota["5h"].resets_at == NOW + 60
+    assert health.quota["7d_opus"].resets_at is None and "7d" not in health.quota
+    assert AccountHealth.from_fields({"q_5h_util": "garbage"}).quota == {}
+
+
+def test_an_account_at_its_pause_at_threshold_takes_no_new_sessions_until_the_reset() -> None:
+    accounts = [account("sub", priority=90, pause_at=0.9), account("api", priority=10, kind=AccountKind.CONSOLE)]
+    health = {"sub": AccountHealth.from_fields(polled(**{"5h": (0.95, NOW + 600)}))}
+    assert {choose_account(accounts, health, KEY, "m", NOW).name for _ in range(20)} == {"api"}
+    assert choose_account(accounts, health, KEY, "m", NOW, sticky="sub").name == "sub"  # the conversation goes on
+    assert choose_account(accounts, health, KEY, "m", NOW + 601).name == "sub"  # the window reset
+    below = {"sub": AccountHealth.from_fields(polled(**{"5h": (0.85, NOW + 600)}))}
+    assert choose_account(accounts, below, KEY, "m", NOW).name == "sub"
+    no_pause = [account("sub", priority=90), accounts[1]]  # no pause-at: the reading does not keep it out
+    assert choose_account(no_pause, health, KEY, "m", NOW).name == "sub"
+
+
+def test_pause_at_reads_the_header_snapshot_and_the_per_model_windows() -> None:
+    accounts = [account("sub", priority=90, pause_at=0.8), account("api", priority=10)]
+    by_headers = {"sub": AccountHealth(rate_limits={"rl_7d_utilization": "0.81", "rl_7d_reset": str(NOW + 60)})}
+    assert choose_account(accounts, by_headers, KEY, "claude-haiku-4-5", NOW).name == "api"
+    opus_full = {"sub": AccountHealth.from_fields(polled(**{"7d_opus": (0.9, NOW + 60), "5h": (0.1, NOW + 60)}))}
+    assert choose_account(accounts, opus_full, KEY, "claude-opus-4-6", NOW).name == "api"
+    assert choose_account(accounts, opus_full, KEY, "claude-sonnet-4-6", NOW).name == "sub"
+    no_reset = {"sub": AccountHealth.from_fields(polled(**{"5h": (0.99, None)}))}  # an end it could never see
+    assert choose_account(accounts, no_reset, KEY, "m", NOW).name == "sub"
+
+
+def test_a_newer_window_in_either_reading_wins() -> None:
+    # the poll saw the 5h window reset early and a new one start; the headers still describe the old window
+    stale_headers = {"rl_5h_utilization": "0.97", "rl_5h_reset": str(NOW + 600)}
+    fresh_poll = AccountHealth.from_fields({**stale_headers, **polled(**{"5h": (0.02, NOW + 18000)})})
+    assert fresh_poll.quota_windows(NOW)["5h"].utilization == 0.02
+    assert fresh_poll.paused_until(0.9, "other", NOW) is None
+    # same window: the fuller reading is the later one
+    same = AccountHealth.from_fields({**stale_headers, **polled(**{"5h": (0.9, NOW + 610)})})
+    assert same.quota_windows(NOW)["5h"].utilization == 0.97
+    assert same.paused_until(0.95, "other", NOW) == NOW + 600
+
+
+def test_every_account_paused_is_a_429_naming_the_soonest_reset() -> None:
+    accounts = [account("a", pause_at=0.9), account("b", pause_at=0.9)]
+    health = {
+        "a": AccountHealth.from_fields(polled(**{"5h": (0.95, NOW + 3600)})),
+        "b": AccountHealth.from_fields(polled(**{"7d": (0.92, NOW + 600), "5h": (0.91, NOW + 300)})),
+    }
+    with pytest.raises(RelayError) as caught:
+        choose_account(accounts, health, KEY, "m", NOW)
+    assert caught.value.status == 429 and caught.value.retry_after == 600  # b: both its full windows must reset
+    assert "pause-at" in caught.value.message and "10 min" in caught.value.message

@@ -45,6 +45,14 @@ class AccountChanges:
     queue: Literal["on", "off", "default"] | None = None
     allow_extra_usage: bool | None = None
     allow_other_clients: bool | None = None
+    pause_at: float | None = None  # 0 < x <= 1; 0 turns pause-at off
+
+
+def check_pause_at(pause_at: float | None) -> None:
+    if pause_at is not None and not 0 <= pause_at <= 1:
+        raise InvalidValueError(
+            f"pause-at is a fraction of a quota window, 0 < x <= 1 (0.9 for 90 %), got {pause_at:g}", field="pause_at"
+        )
 
 
 def check_urls(base_url: str | None, proxy: str | None) -> None:
@@ -103,6 +111,7 @@ class AccountAdmin:
 
     async def update(self, name: str, changes: AccountChanges) -> Account:
         check_urls(changes.base_url or None, changes.proxy or None)
+        check_pause_at(changes.pause_at)
         subscription_only = changes.allow_extra_usage is not None or changes.allow_other_clients is not None
 
         def change(account: Account) -> None:
@@ -127,6 +136,12 @@ class AccountAdmin:
                 account.allow_extra_usage = changes.allow_extra_usage
             if changes.allow_other_clients is not None:
                 account.allow_other_clients = changes.allow_other_clients
+            if changes.pause_at is not None:
+                if changes.pause_at and account.kind is not AccountKind.OAUTH:
+                    raise NotApplicableError(
+                        "--pause-at acts on a subscription's quota windows; an API-key account has none"
+                    )
+                account.pause_at = changes.pause_at or None
 
         return await self._change(name, change)
 

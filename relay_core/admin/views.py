@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from relay_core.account_urls import shown_url
+from relay_core.health import QUOTA_WINDOWS
 from relay_core.health import AccountHealth
 from relay_core.health import account_state
 from relay_core.masking import masked_url
@@ -35,7 +36,6 @@ def account_view(account: Account, health: AccountHealth | None = None, requests
     now = time.time()
     health = health or AccountHealth()
     cooling = {family: until for family, until in health.cooldowns.items() if until > now}
-    limits = health.rate_limits
     return {
         "id": account.id,
         "name": account.name,
@@ -43,10 +43,8 @@ def account_view(account: Account, health: AccountHealth | None = None, requests
         "state": account_state(account, health, now),
         "limited_until": iso_utc(max(cooling.values())) if cooling else None,
         "limited_families": ",".join(sorted(cooling)) or None,
-        "utilization_5h": limits.get("rl_5h_utilization"),
-        "reset_5h": iso_utc(limits.get("rl_5h_reset")),
-        "utilization_7d": limits.get("rl_7d_utilization"),
-        "reset_7d": iso_utc(limits.get("rl_7d_reset")),
+        **quota_view(health, now),
+        "pause_at": percent(account.pause_at),
         "last_error": health.reason or None,
         "requests_today": requests_today,
         "priority": account.priority,
@@ -64,3 +62,20 @@ def account_view(account: Account, health: AccountHealth | None = None, requests
         "allow_extra_usage": account.allow_extra_usage,
         "allow_other_clients": account.allow_other_clients,
     }
+
+
+def percent(fraction: float | None) -> str | None:
+    return None if fraction is None else f"{fraction * 100:.0f}%"
+
+
+def quota_view(health: AccountHealth, now: float) -> dict[str, Any]:
+    """Each subscription window's utilisation (percent) and reset, from the usage poll and the last answer's
+    headers together, as the scheduler sees them; a window that reset since shows nothing."""
+    windows = health.quota_windows(now)
+    view: dict[str, Any] = {}
+    for name in QUOTA_WINDOWS:
+        window = windows.get(name)
+        view[f"utilization_{name}"] = percent(window.utilization) if window else None
+        view[f"reset_{name}"] = iso_utc(window.resets_at) if window else None
+    view["quota_read_at"] = iso_utc(health.quota_at)
+    return view

@@ -22,6 +22,7 @@ from relay_core.store.journal import Journal
 from relay_core.store.keys import TeamKeys
 from relay_core.store.logins import Logins
 from relay_core.store.meta import SecretFingerprint
+from relay_core.store.quota import QuotaReadings
 from relay_core.store.rate_lock import RateLock
 from relay_core.store.refresh_lock import RefreshLock
 from relay_core.store.usage import Usage
@@ -30,6 +31,17 @@ __all__ = ["NameTakenError", "Store", "StoreError", "connect"]
 
 
 class Store(
-    SecretFingerprint, TeamKeys, Accounts, Logins, RefreshLock, Admissions, Health, Usage, Journal, RateLock, Alerts
+    SecretFingerprint,
+    TeamKeys,
+    Accounts,
+    Logins,
+    RefreshLock,
+    Admissions,
+    Health,
+    Usage,
+    Journal,
+    RateLock,
+    QuotaReadings,
+    Alerts,
 ):
     """Redis/Valkey behind one prefix: `Store(url, prefix, timezone, timeout_ms, max_connections)`."""

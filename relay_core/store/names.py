@@ -72,6 +72,10 @@ class KeyNames:
     def refresh_lock_key(self, account_id: str) -> str:
         return f"{self.tag}:refresh:{account_id}"
 
+    def quota_poll_lock_key(self, account_id: str) -> str:
+        """Held for one poll interval by the relay that polls the account's quota (relay_core/quota.py)."""
+        return f"{self.tag}:quota_poll:{account_id}"
+
     def usage_bucket(self, day: str) -> str:
         """The team's usage of one local day."""
         return f"{self.k_usage}:{day}"

@@ -85,6 +85,9 @@ class FakeOAuth:
         self.signin_lifetime_s: float | None = None
         self.refuse_refresh_scope = False  # True: a refresh that sends `scope` gets 400 invalid_scope
         self.refresh_bodies: list[dict[str, Any]] = []  # every refresh request's JSON body, in arrival order
+        # GET /api/oauth/usage answers usage_status with usage_reply (None: a canned 24 % reading)
+        self.usage_reply: dict[str, Any] | None = None
+        self.usage_status = 200
         self.account = {"uuid": "acc-0001", "email_address": "owner@example.com"}
         self.organization = {"uuid": "org-0001", "name": "Example Org"}
         self._codes: dict[str, _Grant] = {}
@@ -130,6 +133,20 @@ class FakeOAuth:
         """A token answer for an already-logged-in account, for tests that do not need the browser dance."""
         with self._lock:
             return self._issue(self._new_signin(scope), with_refresh, self.expires_in)
+
+    def usage_calls(self, token: str | None = None) -> int:
+        """GET /api/oauth/usage requests so far (with this bearer token, if given)."""
+        with self._lock:
+            return sum(
+                1
+                for seen in self.requests
+                if seen.path.startswith("/api/oauth/usage")
+                and (token is None or seen.headers.get("authorization") == f"Bearer {token}")
+            )
+
+    def reset_usage(self) -> None:
+        self.usage_reply = None
+        self.usage_status = 200
 
     def refresh_token_valid(self, token: str) -> bool:
         with self._lock:
@@ -232,6 +249,8 @@ class FakeOAuth:
             }
         if "oauth-2025-04-20" not in seen.headers.get("anthropic-beta", ""):
             return 401, _anthropic_error("authentication_error", "OAuth authentication is currently not supported.")
+        if self.usage_reply is not None or self.usage_status != 200:
+            return self.usage_status, dict(self.usage_reply or {})
         window = {"utilization": 24.0, "resets_at": "2026-01-02T19:59:59.600956+00:00"}
         return 200, {"five_hour": window, "seven_day": window, "seven_day_opus": None, "seven_day_sonnet": None}
 
