@@ -97,6 +97,8 @@ class Account(BaseModel):
     allow_other_clients: bool = Field(
         False, description="serve clients that are not Claude Code on this subscription (billed as extra usage)"
     )
+    max_concurrency: int | None = Field(None, ge=1, description="most requests in flight at once, across relays")
+    rpm: int | None = Field(None, ge=1, description="most requests sent in any 60 s (sliding), across relays")
     created_at: float = Field(default_factory=time.time)
 
     def is_expired(self, now: float) -> bool:

@@ -11,6 +11,7 @@ be atomic is a Lua script (lua/), so a single server and a cluster run the same 
 
 from __future__ import annotations
 
+from relay_core.store.account_caps import AccountCaps
 from relay_core.store.accounts import Accounts
 from relay_core.store.admission import Admissions
 from relay_core.store.client import NameTakenError
@@ -28,5 +29,17 @@ from relay_core.store.usage import Usage
 __all__ = ["NameTakenError", "Store", "StoreError", "connect"]
 
 
-class Store(SecretFingerprint, TeamKeys, Accounts, Logins, RefreshLock, Admissions, Health, Usage, Journal, RateLock):
+class Store(
+    SecretFingerprint,
+    TeamKeys,
+    Accounts,
+    AccountCaps,
+    Logins,
+    RefreshLock,
+    Admissions,
+    Health,
+    Usage,
+    Journal,
+    RateLock,
+):
     """Redis/Valkey behind one prefix: `Store(url, prefix, timezone, timeout_ms, max_connections)`."""
