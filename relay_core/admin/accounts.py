@@ -44,6 +44,8 @@ class AccountChanges:
     queue: Literal["on", "off", "default"] | None = None
     allow_extra_usage: bool | None = None
     allow_other_clients: bool | None = None
+    max_concurrency: int | None = None  # 0 removes the cap
+    rpm: int | None = None  # 0 removes the cap
 
 
 def check_urls(base_url: str | None, proxy: str | None) -> None:
@@ -126,6 +128,10 @@ class AccountAdmin:
                 account.allow_extra_usage = changes.allow_extra_usage
             if changes.allow_other_clients is not None:
                 account.allow_other_clients = changes.allow_other_clients
+            if changes.max_concurrency is not None:
+                account.max_concurrency = changes.max_concurrency or None
+            if changes.rpm is not None:
+                account.rpm = changes.rpm or None
 
         return await self._change(name, change)
 
