@@ -33,7 +33,9 @@ def is_capped(account: Account) -> bool:
 
 
 async def take_account_slot(state: FlowState, account: Account, runtime: Runtime) -> CapReached | None:
-    """Take the account's slot for this request (nothing to take when it has no cap), or say which cap is full."""
+    """Take the account's slot for this request (nothing to take when it has no cap), or say which cap is full.
+    A request holds one slot at most: one it still holds (an earlier attempt's) is given back first."""
+    await release_account_slot(state, runtime.leases)
     if not is_capped(account):
         return None
     token = f"{state.request_id}@{account.id}"  # the key's lease already uses the bare request id

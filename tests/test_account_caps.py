@@ -200,3 +200,16 @@ async def test_release_account_slot_is_the_one_way_back_and_safe_to_repeat(runti
     await release_account_slot(state(flow), runtime.leases)
     assert state(flow).account_slot is None and runtime.leases.held == 0
     assert await runtime.store.count_leases(runtime.store.account_leases(account.id)) == 0
+
+
+async def test_a_request_holds_one_slot_at_most(runtime: Runtime) -> None:
+    """An attempt that moves to another account never leaves the first account's slot held (and renewed)."""
+    first = await add_account(runtime, "first", "sk-ant-api03-FIRST-0123456789", max_concurrency=1)
+    second = await add_account(runtime, "second", "sk-ant-api03-SECOND-0123456789", max_concurrency=1)
+    flow = classified(request_flow(body=messages_body()))
+    assert await take_account_slot(state(flow), first, runtime) is None
+    assert await take_account_slot(state(flow), second, runtime) is None
+    slot = (runtime.store.account_leases(second.id), f"{state(flow).request_id}@{second.id}")
+    assert state(flow).account_slot == slot
+    assert await runtime.store.count_leases(runtime.store.account_leases(first.id)) == 0
+    assert runtime.leases.held == 1
