@@ -1,5 +1,6 @@
 """Gives back the key's concurrency lease (taken by Auth in the admission script) when a request ends,
-and a budget reservation (taken by the Router) that no usage record settled.
+a capped account's slot (taken by the Router) and a budget reservation (taken by the Router) that no usage
+record settled.
 
 Every flow ends in either `response` or `error` (client gone, upstream dead, refused locally), so
 the lease is released exactly once on every path; a dead relay's leases expire by their TTL.
@@ -16,6 +17,7 @@ from mitmproxy import http
 
 from addons.common import state_of
 from addons.relay_runtime import RelayRuntime
+from relay_core.account_caps import release_account_slot
 from relay_core.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ class ConcurrencyLease:
         state = state_of(flow)
         if state is None:
             return
+        runtime = self.shared.current()
+        await release_account_slot(state, runtime.leases)
         tokens = []
         if state.lease is not None:
             tokens.append(state.request_id)
@@ -44,6 +48,6 @@ class ConcurrencyLease:
             state.reservation = None
         for token in tokens:
             try:
-                await self.shared.current().leases.release(token)
+                await runtime.leases.release(token)
             except StoreError as exc:
                 logger.warning("could not release a lease (it expires by its TTL): %s", exc)

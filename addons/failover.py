@@ -63,6 +63,7 @@ class Failover:
         except StoreError as exc:
             logger.error("could not record account %r's failure: %s", account.name, exc)
         logger.warning("account %r failed (%s); sending the request to another account", account.name, outcome.reason)
+        runtime.publish_outcome(account, outcome, state.health.get(account.id))  # the Recorder sees the last only
         if state.meter is not None:
             runtime.journal.forget(state.request_id)
         state.health = health

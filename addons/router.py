@@ -16,11 +16,14 @@ from mitmproxy.net.server_spec import ServerSpec
 from addons.common import fail_closed
 from addons.common import pending_state
 from addons.relay_runtime import RelayRuntime
+from relay_core.account_caps import caps_refused
+from relay_core.account_caps import take_account_slot
 from relay_core.account_urls import opened
 from relay_core.budget import estimate_nanousd
 from relay_core.budget import reservation_refused
 from relay_core.clients import is_claude_code
 from relay_core.crypto import DecryptError
+from relay_core.errors import RelayError
 from relay_core.flow_state import FlowState
 from relay_core.health import AccountState
 from relay_core.limits import check_model
@@ -32,6 +35,7 @@ from relay_core.runtime import Runtime
 from relay_core.scheduler import choose_account
 from relay_core.sessions import session_from_body
 from relay_core.socks_bridge import SocksBridges
+from relay_core.store.account_caps import CapReached
 from relay_core.token_refresh import RefreshFailed
 from relay_core.upstream import proxy_of
 from relay_core.upstream import target_of
@@ -46,25 +50,36 @@ class Router:
         self._socks_bridges = SocksBridges()
 
     async def _account_and_secret(self, state: FlowState, runtime: Runtime) -> tuple[Account, str]:
-        """Schedule; refresh a token that is due; an account that cannot be used is marked and skipped."""
+        """Schedule; refresh a token that is due; an account that cannot be used is marked and skipped, one at
+        its cap (relay_core.account_caps) is skipped; when only capped ones were left, the cap refuses."""
         assert state.key is not None
         settings = runtime.settings
         unusable: set[str] = set(state.failed_accounts)
+        at_cap: list[CapReached] = []
         while True:
-            account = choose_account(
-                state.accounts,
-                state.health,
-                state.key,
-                state.request_model,
-                time.time(),
-                sticky=state.sticky,
-                exclude=unusable,
-                warning_utilization=settings.warning_utilization,
-                claude_code=state.claude_code,
-            )
+            try:
+                account = choose_account(
+                    state.accounts,
+                    state.health,
+                    state.key,
+                    state.request_model,
+                    time.time(),
+                    sticky=state.sticky,
+                    exclude=unusable,
+                    warning_utilization=settings.warning_utilization,
+                    claude_code=state.claude_code,
+                )
+            except RelayError:
+                if at_cap:
+                    raise caps_refused(at_cap) from None
+                raise
             try:
                 account = await runtime.refresher.usable(account)
-                return account, runtime.keyring.open(account.sealed_secret, account.id)
+                secret = runtime.keyring.open(account.sealed_secret, account.id)
+                reached = await take_account_slot(state, account, runtime)
+                if reached is None:
+                    return account, secret
+                at_cap.append(reached)
             except RefreshFailed as exc:
                 logger.warning("skipping account: %s", exc)
             except DecryptError:

@@ -1,4 +1,5 @@
-"""Options every way of adding an account shares (`add-console`, `add-token`, `add-oauth`)."""
+"""Options every way of adding an account shares (`add-console`, `add-token`, `add-oauth`), and the caps that
+`add-console`, `add-token` and `update` share."""
 
 from __future__ import annotations
 
@@ -46,4 +47,16 @@ pause_at_option = click.option(
     default=None,
     help="subscriptions: take no new sessions while a quota window (5h, 7d, or the 7d window of the requested "
     "model) is this full, e.g. 0.9 or 90%, until it resets; 'off' clears it",
+)
+max_concurrency_option = click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=0),
+    default=None,
+    help="most requests in flight on this account across all relays; more go to other accounts (0: no cap)",
+)
+rpm_option = click.option(
+    "--rpm",
+    type=click.IntRange(min=0),
+    default=None,
+    help="most requests sent through this account in any 60 s, across all relays (0: no cap)",
 )

@@ -12,9 +12,11 @@ from typing import TextIO
 
 import click
 
+from cli.account_options import max_concurrency_option
 from cli.account_options import pause_at_option
 from cli.account_options import priority_option
 from cli.account_options import proxy_option
+from cli.account_options import rpm_option
 from cli.account_options import weight_option
 from cli.context import CliContext
 from cli.context import pass_cli_context
@@ -44,6 +46,8 @@ LIST_COLUMNS = (
     "requests_today",
     "priority",
     "weight",
+    "max_concurrency",
+    "rpm",
     "signin_ends_at",
 )
 
@@ -69,6 +73,8 @@ def accounts() -> None:
 @priority_option
 @weight_option
 @proxy_option
+@max_concurrency_option
+@rpm_option
 @format_option()
 @pass_cli_context
 def add_console(
@@ -79,10 +85,13 @@ def add_console(
     priority: int,
     weight: int,
     proxy: str | None,
+    max_concurrency: int | None,
+    rpm: int | None,
     fmt: str,
 ) -> None:
     """Add an Anthropic API-key account."""
     fields: dict[str, Any] = dict(base_url=base_url, priority=priority, weight=weight, proxy=proxy)
+    fields.update(max_concurrency=max_concurrency or None, rpm=rpm or None)
     _emit_account(context, fmt, lambda admin: admin.accounts.add(name, AccountKind.CONSOLE, api_key, **fields))
 
 
@@ -101,6 +110,8 @@ def add_console(
 @priority_option
 @weight_option
 @proxy_option
+@max_concurrency_option
+@rpm_option
 @format_option()
 @pass_cli_context
 def add_token(
@@ -114,6 +125,8 @@ def add_token(
     priority: int,
     weight: int,
     proxy: str | None,
+    max_concurrency: int | None,
+    rpm: int | None,
     fmt: str,
 ) -> None:
     """Import a Claude subscription OAuth token (or Claude Code's credentials file)."""
@@ -132,6 +145,7 @@ def add_token(
     fields: dict[str, Any] = dict(
         base_url=base_url, priority=priority, weight=weight, expires_at=expires_at, proxy=proxy
     )
+    fields.update(max_concurrency=max_concurrency or None, rpm=rpm or None)
     _emit_account(
         context, fmt, lambda admin: admin.accounts.add(name, AccountKind.OAUTH, secret, refresh_token, **fields)
     )
@@ -205,6 +219,8 @@ def reset(context: CliContext, name: str) -> None:
     "extra usage (to the owner) or refuses them (default: no)",
 )
 @pause_at_option
+@max_concurrency_option
+@rpm_option
 @format_option()
 @pass_cli_context
 def update(
@@ -219,6 +235,8 @@ def update(
     allow_extra_usage: bool | None,
     allow_other_clients: bool | None,
     pause_at: float | None,
+    max_concurrency: int | None,
+    rpm: int | None,
     fmt: str,
 ) -> None:
     """Change an account's settings (never its tokens, which a concurrent refresh may be replacing)."""
@@ -232,6 +250,8 @@ def update(
         allow_extra_usage=allow_extra_usage,
         allow_other_clients=allow_other_clients,
         pause_at=pause_at,
+        max_concurrency=max_concurrency,
+        rpm=rpm,
     )
     _emit_account(context, fmt, lambda admin: admin.accounts.update(name, changes))
 

@@ -42,6 +42,7 @@ class FlowState:
     refused: bool = False  # the relay answered itself: nothing upstream to record
     lease: str | None = None  # the key's lease set, while this request holds a concurrency lease
     reservation: tuple[str, str] | None = None  # (reservations, member) while it holds a budget reservation
+    account_slot: tuple[str, str] | None = None  # (account leases, token) while it holds a capped account's slot
     lock_account: str | None = None  # the account whose rate lock this request holds
     meter: UsageMeter | None = None
     outcome: Outcome | None = None

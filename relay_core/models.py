@@ -103,6 +103,8 @@ class Account(BaseModel):
         le=1,
         description="subscription quota (0-1) at which the account takes no new sessions until the window resets",
     )
+    max_concurrency: int | None = Field(None, ge=1, description="most requests in flight at once, across relays")
+    rpm: int | None = Field(None, ge=1, description="most requests sent in any 60 s (sliding), across relays")
     created_at: float = Field(default_factory=time.time)
 
     def is_expired(self, now: float) -> bool:

@@ -224,6 +224,16 @@ async def test_pause_at_is_a_fraction_for_subscriptions_and_off_clears_it(admin:
         await admin.accounts.update("api", AccountChanges(pause_at=0.9))
 
 
+async def test_account_caps_are_set_and_removed_with_zero(admin: AdminService) -> None:
+    await admin.accounts.add("api", AccountKind.CONSOLE, API_KEY, max_concurrency=3)
+    account = await admin.accounts.update("api", AccountChanges(rpm=60))
+    assert (account.max_concurrency, account.rpm) == (3, 60)
+    cleared = await admin.accounts.update("api", AccountChanges(max_concurrency=0))
+    assert (cleared.max_concurrency, cleared.rpm) == (None, 60)
+    view = (await admin.accounts.views([cleared]))[0]
+    assert (view["max_concurrency"], view["rpm"]) == (None, 60)
+
+
 async def test_disable_and_enable_account(admin: AdminService) -> None:
     await admin.accounts.add("api", AccountKind.CONSOLE, API_KEY)
     assert not (await admin.accounts.set_enabled("api", False)).enabled

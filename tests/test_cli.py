@@ -187,6 +187,28 @@ def test_account_flags_for_extra_usage_and_other_clients(data_dir: Path) -> None
     assert (unchanged["allow_other_clients"], unchanged["priority"]) == (False, 50)
 
 
+def test_account_caps_are_set_shown_and_removed(data_dir: Path) -> None:
+    added = json.loads(
+        relay(
+            "accounts", "add-console", "c1", "--api-key", "sk-ant-api03-x", "--max-concurrency", "2", "--format", "json"
+        )
+    )
+    assert (added["max_concurrency"], added["rpm"]) == (2, None)
+    updated = json.loads(relay("accounts", "update", "c1", "--rpm", "30", "--format", "json"))
+    assert (updated["max_concurrency"], updated["rpm"]) == (2, 30)  # the other cap stays
+    listed = relay("accounts", "list")
+    assert "max_concurrency" in listed and "rpm" in listed
+    assert "max_concurrency" in relay("accounts", "show", "c1")
+    cleared = json.loads(relay("accounts", "update", "c1", "--max-concurrency", "0", "--rpm", "0", "--format", "json"))
+    assert (cleared["max_concurrency"], cleared["rpm"]) == (None, None)
+    token = json.loads(
+        relay("accounts", "add-token", "max-1", "--access-token", "sk-ant-oat01-CAPS", "--rpm", "5", "--format", "json")
+    )
+    assert (token["max_concurrency"], token["rpm"]) == (None, 5)
+    refused = CliRunner().invoke(main, ["accounts", "update", "c1", "--max-concurrency", "-1"])
+    assert refused.exit_code == 2
+
+
 def test_base_url_and_proxy_credentials_are_masked_in_every_view(data_dir: Path) -> None:
     relay(
         "accounts",

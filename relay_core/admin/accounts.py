@@ -46,6 +46,8 @@ class AccountChanges:
     allow_extra_usage: bool | None = None
     allow_other_clients: bool | None = None
     pause_at: float | None = None  # 0 < x <= 1; 0 turns pause-at off
+    max_concurrency: int | None = None  # 0 removes the cap
+    rpm: int | None = None  # 0 removes the cap
 
 
 def check_pause_at(pause_at: float | None) -> None:
@@ -142,6 +144,10 @@ class AccountAdmin:
                         "--pause-at acts on a subscription's quota windows; an API-key account has none"
                     )
                 account.pause_at = changes.pause_at or None
+            if changes.max_concurrency is not None:
+                account.max_concurrency = changes.max_concurrency or None
+            if changes.rpm is not None:
+                account.rpm = changes.rpm or None
 
         return await self._change(name, change)
 

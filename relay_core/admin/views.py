@@ -61,6 +61,8 @@ def account_view(account: Account, health: AccountHealth | None = None, requests
         "user_message_queue": {None: "default", True: "on", False: "off"}[account.user_message_queue],
         "allow_extra_usage": account.allow_extra_usage,
         "allow_other_clients": account.allow_other_clients,
+        "max_concurrency": account.max_concurrency,
+        "rpm": account.rpm,
     }
 
 

@@ -11,6 +11,7 @@ be atomic is a Lua script (lua/), so a single server and a cluster run the same 
 
 from __future__ import annotations
 
+from relay_core.store.account_caps import AccountCaps
 from relay_core.store.accounts import Accounts
 from relay_core.store.admission import Admissions
 from relay_core.store.alerts import Alerts
@@ -34,6 +35,7 @@ class Store(
     SecretFingerprint,
     TeamKeys,
     Accounts,
+    AccountCaps,
     Logins,
     RefreshLock,
     Admissions,

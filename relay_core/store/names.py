@@ -59,6 +59,14 @@ class KeyNames:
     def sticky_key(self, key_id: str, session: str) -> str:
         return f"{self.sticky_prefix}{key_id}:{session}"
 
+    def account_leases(self, account_id: str) -> str:
+        """The account's concurrency slots: tokens scored by their expiry, like the key leases."""
+        return f"{self.tag}:leases:account:{account_id}"
+
+    def account_requests(self, account_id: str) -> str:
+        """The account's requests of the last 60 s (RPM cap): tokens scored by when they were sent."""
+        return f"{self.tag}:rpm:account:{account_id}"
+
     def key_reservations(self, key_id: str) -> str:
         return f"{self.tag}:reserved:{key_id}"
 

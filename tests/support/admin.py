@@ -126,3 +126,13 @@ class Admin:
             await rt.check_secret()
 
         self._run(op)
+
+    def account_slots(self, name: str) -> int:
+        """Live concurrency slots of an account's cap (relay_core.account_caps), across every relay."""
+
+        async def op(rt: Runtime) -> int:
+            account = await rt.store.find_account(name)
+            assert account is not None
+            return await rt.store.count_leases(rt.store.account_leases(account.id))
+
+        return self._run(op)
