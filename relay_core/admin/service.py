@@ -14,6 +14,7 @@ from relay_core.admin.errors import InvalidValueError
 from relay_core.admin.errors import NotFoundError
 from relay_core.admin.keys import KeyAdmin
 from relay_core.admin.signin import SignInAdmin
+from relay_core.admin.web_tokens import WebTokenAdmin
 from relay_core.reports import usage_rows
 from relay_core.runtime import Runtime
 
@@ -26,6 +27,7 @@ class AdminService:
         self.keys = KeyAdmin(runtime)
         self.accounts = AccountAdmin(runtime)
         self.signin = SignInAdmin(runtime, self.accounts)
+        self.web_tokens = WebTokenAdmin(runtime)
 
     async def usage(
         self, by: str, since: dt.date | None = None, until: dt.date | None = None, key_name: str | None = None

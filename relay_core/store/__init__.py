@@ -24,9 +24,10 @@ from relay_core.store.meta import SecretFingerprint
 from relay_core.store.rate_lock import RateLock
 from relay_core.store.refresh_lock import RefreshLock
 from relay_core.store.usage import Usage
+from relay_core.store.web import WebAccess
 
 __all__ = ["NameTakenError", "Store", "StoreError", "connect"]
 
 
-class Store(SecretFingerprint, TeamKeys, Accounts, Logins, RefreshLock, Admissions, Health, Usage, Journal, RateLock):
+class Store(SecretFingerprint, TeamKeys, Accounts, Logins, RefreshLock, Admissions, Health, Usage, Journal, RateLock, WebAccess):
     """Redis/Valkey behind one prefix: `Store(url, prefix, timezone, timeout_ms, max_connections)`."""
