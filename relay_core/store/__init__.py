@@ -29,5 +29,7 @@ from relay_core.store.web import WebAccess
 __all__ = ["NameTakenError", "Store", "StoreError", "connect"]
 
 
-class Store(SecretFingerprint, TeamKeys, Accounts, Logins, RefreshLock, Admissions, Health, Usage, Journal, RateLock, WebAccess):
+class Store(
+    SecretFingerprint, TeamKeys, Accounts, Logins, RefreshLock, Admissions, Health, Usage, Journal, RateLock, WebAccess
+):
     """Redis/Valkey behind one prefix: `Store(url, prefix, timezone, timeout_ms, max_connections)`."""
