@@ -17,7 +17,8 @@ CSS = "text/css; charset=utf-8"
 
 
 def page_headers(content_type: str = HTML, **extra: str) -> dict[str, str]:
-    return {"content-type": content_type, **SECURITY_HEADERS, **extra}
+    """`extra`: more headers by their Python names (set_cookie=... is Set-Cookie)."""
+    return {"content-type": content_type, **SECURITY_HEADERS, **{k.replace("_", "-"): v for k, v in extra.items()}}
 
 
 def session_cookie(name: str, value: str, max_age_s: int, secure: bool) -> str:
