@@ -85,12 +85,12 @@ def mixed_traffic(relay: RelayProcess, keys: dict[str, str], upstream: FakeUpstr
     return sent
 
 
-def values(page: Any, selector: str) -> dict[str, float]:
+def values(page: Any, selector: str) -> dict[str, dict[str, float | None]]:
     """Each row's `data-field` figures under `selector` (rows keyed by their first cell)."""
     rows = page.eval_on_selector_all(
         f"{selector} tbody tr",
-        """rows => rows.map(r => [r.cells[0].innerText.split(' ')[0],
-             Object.fromEntries([...r.querySelectorAll('td[data-field]')].map(c => [c.dataset.field, c.dataset.value]))])""",
+        """rows => rows.map(r => [r.cells[0].innerText.split(' ')[0], Object.fromEntries(
+             [...r.querySelectorAll('td[data-field]')].map(c => [c.dataset.field, c.dataset.value]))])""",
     )
     return {name: {k: float(v) if v else None for k, v in fields.items()} for name, fields in rows}
 
