@@ -21,16 +21,31 @@ $(CLIENTS_STAMP): $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
 	cd $(CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# The page's browser tests drive Debian's chromium (Playwright uses that binary; it never downloads a browser).
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: chromium test-browser
+chromium: $(CHROMIUM)
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null 2>&1 || { echo "error: $(CHROMIUM) not found and no apt-get to install it. The page's browser tests need Debian's chromium package." >&2; exit 1; }
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
 run: $(STAMP)
 	$(VENV)/bin/relay serve
 
 # Lint and types, every test but the slow ones, then the slow ones (soak, benchmark smoke) as their own step.
-test: lint $(CLIENTS_STAMP)
+test: lint $(CLIENTS_STAMP) $(CHROMIUM)
 	$(VENV)/bin/pytest -m "not slow"
 	$(MAKE) test-slow
 
 test-slow: $(STAMP)
 	$(VENV)/bin/pytest -m slow
+
+# Only the page's tests in a real browser (screenshots in test-artifacts/).
+test-browser: $(STAMP) $(CHROMIUM)
+	$(VENV)/bin/pytest -m browser
 
 # The edit loop: no relay processes, no slow tests (seconds, not minutes).
 test-fast: $(STAMP)

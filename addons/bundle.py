@@ -21,6 +21,7 @@ from addons.router import Router
 from addons.self_service import SelfService
 from addons.service_endpoints import ServiceEndpoints
 from addons.upstream_timeouts import UpstreamTimeouts
+from addons.web_page import WebPage
 from relay_core.runtime import Runtime
 
 
@@ -36,6 +37,7 @@ def relay_chain(runtime: Runtime | None = None) -> RelayChain:
             Metrics(shared),
             ServiceEndpoints(shared),
             SelfService(shared),
+            WebPage(shared),
             Auth(shared),
             Router(shared),
             QueueLock(shared),

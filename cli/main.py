@@ -14,6 +14,7 @@ from cli.serve import serve
 from cli.store import store
 from cli.usage import usage
 from cli.web import web
+from cli.web_tokens import web_token
 
 
 @click.group()
@@ -35,6 +36,7 @@ main.add_command(keys)
 main.add_command(accounts)
 main.add_command(usage)
 main.add_command(web)
+main.add_command(web_token)
 main.add_command(status)
 main.add_command(doctor)
 main.add_command(store)

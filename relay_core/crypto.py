@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SECRET_FILE_NAME = "secret.key"
 TEAM_KEY_PREFIX = "rk-"
+WEB_TOKEN_PREFIX = "rw-"
 SEALED_PREFIX = "v1:"
 
 
@@ -61,6 +62,7 @@ class Keyring:
 
     def __init__(self, secret: str) -> None:
         self._hash_key = _derive(secret, b"team-key-hash")
+        self._web_hash_key = _derive(secret, b"web-secret-hash")
         self._aead = AESGCM(_derive(secret, b"account-secret-seal"))
         self.fingerprint = hmac.new(_derive(secret, b"fingerprint"), b"claude-relay", "sha256").hexdigest()[:16]
 
@@ -70,6 +72,14 @@ class Keyring:
 
     def hash_team_key(self, key: str) -> str:
         return hmac.new(self._hash_key, key.encode(), hashlib.sha256).hexdigest()
+
+    @staticmethod
+    def new_web_token() -> str:
+        return WEB_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+    def hash_web_secret(self, value: str) -> str:
+        """Web tokens and page session ids, hashed apart from team keys: neither can stand for the other."""
+        return hmac.new(self._web_hash_key, value.encode(), hashlib.sha256).hexdigest()
 
     def seal(self, plaintext: str, bound_to: str) -> str:
         nonce = os.urandom(12)

@@ -70,6 +70,20 @@ def usage_rows(
     return rows
 
 
+def usage_rows_by(
+    cells: Iterable[UsageCell],
+    outer: str,
+    by: str,
+    key_names: dict[str, str],
+    account_names: dict[str, str],
+) -> dict[str, list[dict[str, Any]]]:
+    """usage_rows `by` one grouping within each value of another (e.g. each model's rows by day, for a chart)."""
+    parts: dict[str, list[UsageCell]] = defaultdict(list)
+    for cell in cells:
+        parts[_group_value(cell, outer, key_names, account_names)].append(cell)
+    return {value: usage_rows(parts[value], by, key_names, account_names) for value in sorted(parts)}
+
+
 def limits_view(limits: KeyLimits) -> dict[str, Any]:
     return {
         "windows": [w.model_dump(exclude_none=True) for w in limits.windows],
@@ -82,14 +96,15 @@ def limits_view(limits: KeyLimits) -> dict[str, Any]:
     }
 
 
-async def key_report(store: Store, key: TeamKey, days: int = 7) -> dict[str, Any]:
-    """A key's limits next to its consumption and its recent daily usage (what `keys show` and
-    `GET /relay/usage` show). Never another key's data, never an account's."""
+async def key_report(store: Store, key: TeamKey, days: int = 7, cells: list[UsageCell] | None = None) -> dict[str, Any]:
+    """A key's limits next to its consumption and its recent daily usage (what `keys show`,
+    `GET /relay/usage` and the page show). Never another key's data, never an account's.
+    `cells`: the key's usage cells of those days, when the caller read them already (the page's chart)."""
     now = time.time()
     now_periods = periods(now, store.zone)
     used = await store.key_consumption(key, now_periods)
-    today = dt.datetime.fromtimestamp(now, store.zone).date()
-    cells = await store.key_usage_cells(key.id, today - dt.timedelta(days=days - 1), today)
+    if cells is None:
+        cells = await store.key_usage_cells(key.id, *key_report_days(store, now, days))
     return {
         "used": {
             "spend_usd": {period: nanos / NANOS_PER_USD for period, nanos in used["spend_nanousd"].items()},
@@ -99,3 +114,9 @@ async def key_report(store: Store, key: TeamKey, days: int = 7) -> dict[str, Any
         },
         "daily": usage_rows(cells, "day", {}, {}, key_id=key.id),
     }
+
+
+def key_report_days(store: Store, now: float, days: int) -> tuple[dt.date, dt.date]:
+    """The first and last local day of a key report over `days` days."""
+    today = dt.datetime.fromtimestamp(now, store.zone).date()
+    return today - dt.timedelta(days=days - 1), today

@@ -15,6 +15,7 @@ class Route(StrEnum):
     PROBE = "probe"
     HEALTH = "health"
     SELF_SERVICE = "self_service"  # a key's own limits and usage
+    PAGE = "page"  # the web page under /relay/ (relay_core/web): sign-in, a key's view, the team dashboard
     BAD_PATH = "bad_path"  # refused with 400 before anything else: see `is_ambiguous_path`
     UNKNOWN = "unknown"
 
@@ -57,4 +58,6 @@ def own_route(method: str, path: str) -> Route:
             return Route.HEALTH
         case "GET", "/relay/usage":
             return Route.SELF_SERVICE
+        case (("GET" | "POST"), _) if path == "/relay" or path.startswith("/relay/"):
+            return Route.PAGE
     return Route.UNKNOWN

@@ -192,6 +192,12 @@ class Settings(BaseSettings):
     alerts_store_unreachable_interval_s: int = Field(
         300, ge=1, description="at most one store.unreachable alert per relay process this often"
     )
+    page_session_ttl_s: int = Field(
+        12 * 3600, ge=60, description="a sign-in on the /relay/ page lasts this long (its cookie's Max-Age)"
+    )
+    page_sign_ins_per_minute: int = Field(
+        10, ge=1, description="sign-in attempts on the /relay/ page one client address may make per minute (429 above)"
+    )
     price_overrides: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="USD per million tokens for models genai-prices does not know: "

@@ -430,3 +430,91 @@ def test_haproxy_lets_ten_minute_streams_through() -> None:
     assert "mode http" in sections["defaults"]
     every_line = [line for lines in sections.values() for line in lines]
     assert not any("http-buffer-request" in line for line in every_line), "buffering requests delays streams"
+
+
+# ================================================================ monitoring (Prometheus and Grafana)
+
+COMPOSE_MONITORING = DOCKER / "compose.monitoring.yaml"
+GRAFANA = DOCKER / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "claude-relay.json"
+PROMETHEUS_CFG = DOCKER / "prometheus" / "prometheus.yml"
+METRIC_NAME = re.compile(r"\brelay_[a-z0-9_]+\b")
+
+
+def exposed_metric_names() -> set[str]:
+    """Every sample name the relay's /metrics can carry (a counter's _total, a histogram's _bucket/_sum/_count)."""
+    from relay_core.metrics import RelayMetrics
+
+    names: set[str] = set()
+    for family in RelayMetrics().registry.collect():
+        match family.type:
+            case "counter":
+                names.add(family.name + "_total")
+            case "histogram":
+                names.update(family.name + suffix for suffix in ("_bucket", "_sum", "_count"))
+            case _:
+                names.add(family.name)
+    return names
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_the_grafana_dashboard_parses_and_uses_only_metrics_the_relay_exposes() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["panels"]
+    exposed = exposed_metric_names()
+    used = {name for expr in dashboard_expressions() for name in METRIC_NAME.findall(expr)}
+    assert used and used <= exposed, f"not exposed by the relay: {sorted(used - exposed)}"
+    for needed in (
+        "relay_requests_total",
+        "relay_tokens_total",
+        "relay_cost_usd_total",
+        "relay_time_to_first_byte_seconds_bucket",
+        "relay_upstream_latency_seconds_bucket",
+        "relay_refusals_total",
+        "relay_failovers_total",
+        "relay_account_signin_end_timestamp_seconds",
+    ):
+        assert needed in used, f"the dashboard shows no {needed}"
+    datasource_uid = YAML(typ="safe", pure=True).load(
+        (GRAFANA / "provisioning/datasources/prometheus.yaml").read_text()
+    )["datasources"][0]["uid"]
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == datasource_uid, panel["title"]
+
+
+def test_the_monitoring_profile_adds_prometheus_and_grafana_to_the_single_node() -> None:
+    base, extra = load_compose(COMPOSE), load_compose(COMPOSE_MONITORING)
+    services = extra["services"]
+    assert set(services) == {"relay", "prometheus", "grafana"}
+    assert "relay" in base["services"]
+    for name in ("prometheus", "grafana"):
+        service = services[name]
+        assert service["profiles"] == ["monitoring"]
+        assert service["restart"] == "unless-stopped"
+        image = service["image"]
+        assert ":" in image and not image.endswith(":latest"), image
+        assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
+        for host, _, _ in published_ports(service):
+            assert host == "127.0.0.1", f"{name} is published beyond loopback"
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (DOCKER / source).exists(), f"{name} mounts {source}, which does not exist"
+    with pytest.raises(LookupError, match="RELAY_METRICS_TOKEN"):
+        interpolate(environment(services["relay"])["RELAY_METRICS_TOKEN"])
+    with pytest.raises(LookupError, match="GRAFANA_ADMIN_PASSWORD"):
+        interpolate(environment(services["grafana"])["GF_SECURITY_ADMIN_PASSWORD"])
+    assert extra["secrets"]["relay_metrics_token"]["environment"] == "RELAY_METRICS_TOKEN"
+
+
+def test_prometheus_scrapes_the_relay_with_the_metrics_token_from_a_secret() -> None:
+    config = YAML(typ="safe", pure=True).load(PROMETHEUS_CFG.read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["relay:8080"]
+    assert job["authorization"]["credentials_file"] == "/run/secrets/relay_metrics_token"
+    assert "credentials" not in job["authorization"]

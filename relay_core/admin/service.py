@@ -15,6 +15,7 @@ from relay_core.admin.errors import InvalidValueError
 from relay_core.admin.errors import NotFoundError
 from relay_core.admin.keys import KeyAdmin
 from relay_core.admin.signin import SignInAdmin
+from relay_core.admin.web_tokens import WebTokenAdmin
 from relay_core.reports import usage_rows
 from relay_core.runtime import Runtime
 
@@ -28,6 +29,7 @@ class AdminService:
         self.accounts = AccountAdmin(runtime)
         self.signin = SignInAdmin(runtime, self.accounts)
         self.alerts = AlertAdmin(runtime)
+        self.web_tokens = WebTokenAdmin(runtime)
 
     async def usage(
         self, by: str, since: dt.date | None = None, until: dt.date | None = None, key_name: str | None = None

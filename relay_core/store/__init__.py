@@ -27,6 +27,7 @@ from relay_core.store.quota import QuotaReadings
 from relay_core.store.rate_lock import RateLock
 from relay_core.store.refresh_lock import RefreshLock
 from relay_core.store.usage import Usage
+from relay_core.store.web import WebAccess
 
 __all__ = ["NameTakenError", "Store", "StoreError", "connect"]
 
@@ -45,5 +46,6 @@ class Store(
     RateLock,
     QuotaReadings,
     Alerts,
+    WebAccess,
 ):
     """Redis/Valkey behind one prefix: `Store(url, prefix, timezone, timeout_ms, max_connections)`."""

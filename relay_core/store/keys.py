@@ -26,6 +26,10 @@ class TeamKeys(StoreClient):
         value = await self._call(self.redis.hget(self.k_keys, key_id)) if key_id else None
         return TeamKey.model_validate_json(value) if value else None
 
+    async def key_by_id(self, key_id: str) -> TeamKey | None:
+        value = await self._call(self.redis.hget(self.k_keys, key_id))
+        return TeamKey.model_validate_json(value) if value else None
+
     async def list_keys(self) -> list[TeamKey]:
         values = await self._call(self.redis.hvals(self.k_keys))
         return sorted((TeamKey.model_validate_json(v) for v in values), key=lambda k: k.name)

@@ -39,6 +39,9 @@ class KeyNames:
         self.key_leases_prefix = f"{tag}:leases:key:"
         self.health_prefix = f"{tag}:health:"
         self.sticky_prefix = f"{tag}:sticky:"
+        self.k_web_tokens = f"{tag}:web_tokens"  # token id -> WebToken json
+        self.k_web_token_names = f"{tag}:web_token_names"  # name -> token id
+        self.k_web_token_hashes = f"{tag}:web_token_hashes"  # token hash -> token id
 
     def first_use_key(self, key_id: str) -> str:
         return f"{self.first_use_prefix}{key_id}"
@@ -73,6 +76,14 @@ class KeyNames:
     def alert_claim_key(self, identity: str) -> str:
         """The claim of one event (relay_core/events.py identity): whoever sets it first sends it."""
         return f"{self.tag}:alerts:sent:{identity}"
+
+    def web_session_key(self, session_hash: str) -> str:
+        """A signed-in page visitor (WebSession json) under the keyed hash of its cookie's session id."""
+        return f"{self.tag}:web_session:{session_hash}"
+
+    def web_sign_in_counter(self, client: str, minute: int) -> str:
+        """Sign-in attempts from one client address in one minute."""
+        return f"{self.tag}:web_sign_in:{client}:{minute}"
 
     def login_key(self, name: str) -> str:
         return f"{self.tag}:login:{name}"
