@@ -58,6 +58,6 @@ def own_route(method: str, path: str) -> Route:
             return Route.HEALTH
         case "GET", "/relay/usage":
             return Route.SELF_SERVICE
-        case (("GET" | "POST"), _) if path == "/relay" or path.startswith("/relay/"):
-            return Route.PAGE
+        case (("GET" | "POST"), _) if (path == "/relay" or path.startswith("/relay/")) and path != "/relay/usage":
+            return Route.PAGE  # /relay/usage is JSON for scripts, whatever the method
     return Route.UNKNOWN
