@@ -167,6 +167,8 @@ class RelayMetrics:
             registry=self.registry,
         )
         self.state = StateGauges()
+        self.known_accounts: list[Account] = []  # as the last scrape read them (relay_core.metrics.read_state)
+        self.known_keys: list[TeamKey] = []
         if multiprocess_dir() is None:
             self.registry.register(self.state)
 
@@ -266,22 +268,22 @@ class RelayMetrics:
 
 
 async def read_state(metrics: RelayMetrics, runtime: Runtime, now: float) -> None:
-    """Fill the state gauges for a scrape with one store round trip: the accounts' health and the budgets'
-    spend move with every request, so they are read now; which accounts and keys exist is what the quota
-    poller's pass last listed (each tick: a tenth of quota_poll_interval_s, or a minute with polling off),
-    sign-in ends what the token refresher's last pass saw. A failed read keeps the gauges as last read."""
-    quota = runtime.quota
+    """Fill the state gauges for a scrape with one store round trip (relay_core/store/gauges.py): accounts,
+    keys, the health and budget spend of those the last scrape (or the quota poller's pass) found. Sign-in
+    ends and quota are what the token refresher's and the quota poller's last passes read. A failed read
+    keeps the gauges as last read (the scrape still answers)."""
     metrics.set_signin_ends(runtime.refresher.signin_ends)
-    metrics.set_quota(quota.readings)
+    metrics.set_quota(runtime.quota.readings)
+    accounts = metrics.known_accounts or runtime.quota.accounts
+    keys = metrics.known_keys or runtime.quota.keys
     try:
-        health, spends = await runtime.store.gauge_reads(
-            [a.id for a in quota.accounts], quota.keys, periods(now, runtime.store.zone)
-        )
+        reading = await runtime.store.gauge_reads([a.id for a in accounts], keys, periods(now, runtime.store.zone))
     except StoreError as exc:
-        logger.warning("/metrics: account health and budget spend could not be read: %s", exc)
+        logger.warning("/metrics: accounts and keys could not be read: %s", exc)
         return
-    metrics.set_accounts(quota.accounts, health, now)
-    metrics.set_budgets(quota.keys, spends)
+    metrics.known_accounts, metrics.known_keys = reading.accounts, reading.keys
+    metrics.set_accounts(reading.accounts, reading.health, now)
+    metrics.set_budgets(reading.keys, reading.spend_nanousd)
 
 
 @dataclass
