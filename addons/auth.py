@@ -67,6 +67,7 @@ class Auth:
             raise store_unavailable() from None
         if admission is None:
             raise unauthenticated("Invalid team key. Ask your relay admin for a valid key.")
+        state.key_name = admission.key.name  # identified: a refusal from here on is logged and counted under it
         if not admission.key.enabled:
             raise unauthenticated(f"Team key {admission.key.name!r} is disabled. Ask your relay admin to enable it.")
         if admission.refusal is not None:

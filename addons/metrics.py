@@ -31,6 +31,7 @@ from relay_core.metering import record_from_stream
 from relay_core.metrics import CONTENT_TYPE
 from relay_core.metrics import RelayMetrics
 from relay_core.metrics import is_loopback
+from relay_core.metrics import read_state
 from relay_core.records import UsageRecord
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class _MetricsTally:
         self.metrics.observe_response(
             route=state.route.value,
             status=status,
-            key=state.key.name if state.key else None,
+            key=state.key_label,
             account=state.account.name if state.account else None,
             model=usage.model if usage is not None else state.request_model,
             usage=usage.usage if usage is not None else None,
@@ -156,7 +157,7 @@ class Metrics:
             addons.remove(previous)
         addons.add(self.tally)
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
         if flow.request.method != "GET" or flow.request.path.split("?", 1)[0] != METRICS_PATH:
@@ -179,10 +180,8 @@ class Metrics:
                 assert flow.response is not None
                 flow.response.headers["www-authenticate"] = 'Bearer realm="relay metrics"'
                 return
-            if self.shared.configured():  # what the background refresher and poller last read: no store read here
-                runtime = self.shared.current()
-                self.metrics.set_signin_ends(runtime.refresher.signin_ends)
-                self.metrics.set_quota(runtime.quota.readings)
+            if self.shared.configured():  # one store round trip at most (relay_core.metrics.read_state)
+                await read_state(self.metrics, self.shared.current(), time.time())
             flow.response = http.Response.make(200, self.metrics.render(), {"content-type": CONTENT_TYPE})
         except Exception:
             logger.exception("could not answer GET /metrics")

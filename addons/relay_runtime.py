@@ -70,6 +70,7 @@ class RelayRuntime:
         server = ctx.master.addons.get("proxyserver")
         for host, port, *_ in server.listen_addrs() if server else []:
             logger.info("claude-relay listening at %s:%d", host, port)
+            self.current().presence.listening.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
     async def done(self) -> None:
         if self._runtime is not None:

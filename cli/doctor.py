@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 
 import click
 from tabulate import tabulate
@@ -19,8 +20,10 @@ from relay_core.diagnostics.checks import Check
 from relay_core.diagnostics.checks import Level
 from relay_core.diagnostics.report import Report
 from relay_core.diagnostics.report import diagnose
+from relay_core.times import iso_utc
 
 ACCOUNT_COLUMNS = ("name", "kind", "state", "token_expires", "signin_ends", "result", "detail")
+RELAY_COLUMNS = ("instance", "pid", "host", "listen", "version", "started", "last_beat", "draining")
 
 
 def _run(context: CliContext, active: bool) -> Report:
@@ -33,6 +36,43 @@ def _check_rows(checks: list[Check]) -> str:
         for c in checks
     ]
     return tabulate(rows, tablefmt="plain")
+
+
+def _relay_rows(report: Report) -> str:
+    """The running relays (from the records they keep in the store), or a line saying there are none."""
+    if not report.relays:
+        return "relays: none is running against this store (no record has beaten within the last seconds)"
+    rows = [
+        {
+            **{c: r.get(c) for c in RELAY_COLUMNS},
+            "listen": ", ".join(r["listen"]),
+            "started": iso_utc(r["started_at"]),
+            "last_beat": f"{max(0.0, time.time() - (r['last_beat'] or 0)):.0f} s ago",
+        }
+        for r in report.relays
+    ]
+    return "running relays:\n" + tabulate(rows, headers="keys")
+
+
+def _setting_rows(report: Report) -> list[tuple[str, str]]:
+    """Each setting as the running relays have it; this shell's value beside it where it differs."""
+    rows = []
+    for name, shell in report.settings.items():
+        differs = report.differences.get(name)
+        if differs is None:
+            rows.append((name, _shown(shell)))
+            continue
+        values = differs["relays"]
+        if len(set(map(_shown, values.values()))) == 1:
+            relay = f"{_shown(next(iter(values.values())))} (relay)"
+        else:
+            relay = ", ".join(f"{_shown(v)} (relay {i})" for i, v in values.items())
+        rows.append((name, f"{relay} — this shell: {_shown(shell)}"))
+    return rows
+
+
+def _shown(value: object) -> str:
+    return "" if value is None else str(value)
 
 
 def _finish(report: Report) -> None:
@@ -52,13 +92,24 @@ def _json(report: Report, **parts: object) -> None:
 @format_option()
 @pass_cli_context
 def status(context: CliContext, fmt: str) -> None:
-    """Settings in force (secrets masked), store, server secret, accounts and keys. Reads only."""
+    """The running relays and their settings (secrets masked; this shell's where they differ), store, server
+    secret, accounts and keys. Reads only."""
     report = _run(context, active=False)
     checks = [dataclasses.asdict(c) for c in report.checks]
     if fmt == "json":
-        _json(report, settings=report.settings, checks=checks, accounts=report.accounts, keys=report.keys)
+        _json(
+            report,
+            settings=report.settings,
+            relays=report.relays,
+            differences=report.differences,
+            checks=checks,
+            accounts=report.accounts,
+            keys=report.keys,
+        )
         return
-    click.echo(tabulate(list(report.settings.items()), headers=["setting", "value"]))
+    click.echo(_relay_rows(report))
+    click.echo()
+    click.echo(tabulate(_setting_rows(report), headers=["setting", "value"]))
     click.echo()
     click.echo(_check_rows([c for c in report.checks if not c.name.startswith("account ")]))
     if report.accounts:
@@ -71,10 +122,21 @@ def status(context: CliContext, fmt: str) -> None:
 @format_option()
 @pass_cli_context
 def doctor(context: CliContext, fmt: str) -> None:
-    """Every status check plus the network: upstreams, the OAuth token endpoint, the listening port."""
+    """Every status check plus the network: upstreams and the OAuth token endpoint (the running relays' own
+    when relays run), the listening port."""
     report = _run(context, active=True)
     if fmt == "json":
-        _json(report, checks=[dataclasses.asdict(c) for c in report.checks])
+        _json(
+            report,
+            relays=report.relays,
+            differences=report.differences,
+            checks=[dataclasses.asdict(c) for c in report.checks],
+        )
         return
+    click.echo(_relay_rows(report))
+    for name, row in _setting_rows(report):
+        if name in report.differences:
+            click.echo(f"  {name}: {row}")
+    click.echo()
     click.echo(_check_rows(report.checks))
     _finish(report)

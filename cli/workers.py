@@ -8,6 +8,11 @@ share all state through the store, so limits, locks and refresh hold across them
 
 This supervisor starts the embedded store and the secret once, starts the workers, restarts one
 that dies, and on SIGTERM passes the signal on so each worker drains its running requests.
+
+A scrape of /metrics lands on any worker, so the workers keep their counters in prometheus_client's
+multiprocess files (PROMETHEUS_MULTIPROC_DIR, relay_core/metrics.py): a directory of this supervisor's
+own under the data dir, emptied at start and removed at exit. A dead worker's files stay (its counts
+are part of the totals: counters never go back); `mark_process_dead` drops what only lives with it.
 """
 
 from __future__ import annotations
@@ -15,13 +20,18 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
+from prometheus_client import multiprocess
+
+from relay_core.metrics import MULTIPROC_ENV
 from relay_core.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -50,13 +60,38 @@ def pick_port(host: str, port: int) -> int:
         return probe.getsockname()[1]
 
 
+def metrics_dir(data_dir: Path) -> Path:
+    """A fresh, empty directory for this supervisor's workers' metric files; those of supervisors that are
+    gone are removed on the way (a killed supervisor never cleaned up)."""
+    parent = data_dir / "metrics"
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.iterdir():
+        if old.name.isdigit() and not _alive(int(old.name)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = parent / str(os.getpid())
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Supervisor:
     def __init__(self, runtime: Runtime, workers: int) -> None:
         settings = runtime.settings
         self.listen = f"{settings.listen_host}:{pick_port(settings.listen_host, settings.listen_port)}"
         self.workers = workers
         # Workers find the embedded store (already started) and the secret (already created) as-is.
-        self.env = {**os.environ, "RELAY_REDIS_URL": runtime.redis_url}
+        self.metrics = metrics_dir(settings.data_dir)
+        self.env = {**os.environ, "RELAY_REDIS_URL": runtime.redis_url, MULTIPROC_ENV: str(self.metrics)}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.started: list[float] = []
         self.stopping = False
@@ -94,8 +129,10 @@ class Supervisor:
                     self.forward(signal.SIGTERM, None)
                     break
                 logger.warning("worker %d (pid %d) exited with %s; starting a new one", index, proc.pid, code)
+                multiprocess.mark_process_dead(proc.pid, str(self.metrics))
                 self.procs[index] = self.spawn()
                 self.started[index] = time.monotonic()
         codes = [proc.wait() for proc in self.procs]
+        shutil.rmtree(self.metrics, ignore_errors=True)
         failed = self.quick_deaths >= MAX_QUICK_DEATHS or any(code not in (0, -signal.SIGTERM) for code in codes)
         return 1 if failed else 0

@@ -31,6 +31,9 @@ class FlowState:
     request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.time)
     key: TeamKey | None = None
+    # the presented key's name once the store identified it, also when it was then refused (over a limit,
+    # disabled): refusals are logged and counted under it; `key` is set only for an admitted request
+    key_name: str | None = None
     accounts: list[Account] = field(default_factory=list)
     health: dict[str, AccountHealth] = field(default_factory=dict)
     session: str | None = None
@@ -55,6 +58,11 @@ class FlowState:
     opening: StreamOpening | None = None  # a streamed answer whose first event was an error, held back
     resend: bool = False  # routed anew after a failure: send the request again
     client_request: tuple[str, Any] | None = None  # the client's path and headers, before the first routing
+
+    @property
+    def key_label(self) -> str | None:
+        """The name the log and the metrics show: the admitted key's, else the identified (refused) key's."""
+        return self.key.name if self.key is not None else self.key_name
 
     @property
     def failed_account_names(self) -> list[str]:

@@ -63,8 +63,11 @@ Snapshot = Callable[[], JournalEntry | None]  # None until the stream has shown 
 
 
 class UsageJournal:
-    def __init__(self, store: Store, rules: HealthRules, retention_days: int) -> None:
+    def __init__(
+        self, store: Store, rules: HealthRules, retention_days: int, describe: Callable[[str], str] | None = None
+    ) -> None:
         self.store = store
+        self.describe = describe  # this process's record for the beat (relay_core/presence.py), by instance
         self.rules = rules
         self.retention_days = retention_days
         self.instance = secrets.token_hex(6)
@@ -118,7 +121,8 @@ class UsageJournal:
                 self._in_beat.add(request_id)
         self._beat = asyncio.get_running_loop().create_future()
         try:
-            orphans = await self.store.journal_beat(self.instance, DEAD_AFTER_MS, entries)
+            record = self.describe(self.instance) if self.describe is not None else ""
+            orphans = await self.store.journal_beat(self.instance, DEAD_AFTER_MS, entries, record)
         except BaseException as exc:
             self._beat.set_exception(exc)
             self._beat.exception()  # retrieved: finish() only waits for it

@@ -1,7 +1,13 @@
-"""Prometheus metrics of one relay process: requests, tokens, dollars, latency, refusals, sign-in ends and quota.
+"""Prometheus metrics of a relay: requests, tokens, dollars, latency, refusals, and account and key state.
 
 Each process owns its own registry (not prometheus_client's global one), so tests and several
-relays in one interpreter never share counters. Label values are key and account NAMES, never
+relays in one interpreter never share counters. Under `relay serve --workers N` a scrape lands on
+any worker, so the supervisor sets PROMETHEUS_MULTIPROC_DIR: prometheus_client then keeps every
+counter and histogram in a file per process, and a scrape sums the files of all workers (the dead
+ones' too, so counters never go back). The state gauges (accounts, keys, quota) are not per-process
+values at all: they describe the shared store, so whichever process is scraped computes them afresh
+(`StateGauges`), and no worker's stale copy can linger. No `_created` series: they doubled the
+output and say nothing a scraper needs. Label values are key and account NAMES, never
 secrets; they are few (a team has a few dozen keys and a few accounts). Model ids come from
 requests and upstream answers, so their number is capped: past `max_models` distinct ids, the
 rest are counted as `other` instead of growing the exposition without bound.
@@ -10,19 +16,45 @@ rest are counted as `other` instead of growing the exposition without bound.
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
 import re
+from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
-from prometheus_client import Gauge
 from prometheus_client import Histogram
+from prometheus_client import disable_created_metrics
 from prometheus_client import generate_latest
+from prometheus_client import multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
+from relay_core.health import AccountHealth
+from relay_core.health import AccountState
 from relay_core.health import QuotaWindow
+from relay_core.health import account_state
+from relay_core.limits import periods
+from relay_core.models import Account
+from relay_core.models import TeamKey
+from relay_core.store import StoreError
 from relay_core.usage import TokenUsage
+
+if TYPE_CHECKING:
+    from relay_core.runtime import Runtime
+
+disable_created_metrics()
+logger = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own: set by the `--workers` supervisor
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 MAX_MODELS = 64
@@ -42,6 +74,22 @@ TOKEN_KINDS = {
     "cache_write_5m": "cache_write_5m_tokens",
     "cache_write_1h": "cache_write_1h_tokens",
 }
+
+
+# Every value of relay_account_state's `state` label (relay_core.health.account_state's words).
+ACCOUNT_STATES = (
+    "active",
+    "paused",
+    "limited",
+    "expired",
+    "disabled",
+    *(s.value for s in AccountState if s is not AccountState.OK),
+)
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of the processes' metric files when several workers share the port, else None."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 def is_loopback(host: str) -> bool:
@@ -118,26 +166,11 @@ class RelayMetrics:
             ["account"],
             registry=self.registry,
         )
-        self.signin_end = Gauge(
-            "relay_account_signin_end_timestamp_seconds",
-            "When the account's OAuth sign-in ends (epoch seconds); after it the account must be signed in again.",
-            ["account"],
-            registry=self.registry,
-        )
-
-        self.quota_utilization = Gauge(
-            "relay_account_quota_utilization",
-            "How full the subscription's quota window is (0-1, may pass 1), from the usage poll and the last "
-            "answer's headers; windows: 5h, 7d, 7d_opus, 7d_sonnet. A window that reset since is not shown.",
-            ["account", "window"],
-            registry=self.registry,
-        )
-        self.quota_reset = Gauge(
-            "relay_account_quota_reset_seconds",
-            "When the subscription's quota window resets (epoch seconds).",
-            ["account", "window"],
-            registry=self.registry,
-        )
+        self.state = StateGauges()
+        self.known_accounts: list[Account] = []  # as the last scrape read them (relay_core.metrics.read_state)
+        self.known_keys: list[TeamKey] = []
+        if multiprocess_dir() is None:
+            self.registry.register(self.state)
 
     def model_label(self, model: str | None) -> str:
         """The model's id; once `max_models` ids were seen, any new one is `other`."""
@@ -194,20 +227,123 @@ class RelayMetrics:
 
     def set_signin_ends(self, ends: Mapping[str, float]) -> None:
         """Replace the sign-in ends with `ends` (account name -> epoch): deleted or renamed accounts drop out."""
-        self.signin_end.clear()
-        for account, ends_at in ends.items():
-            self.signin_end.labels(account).set(ends_at)
+        self.state.signin_ends = dict(ends)
 
     def set_quota(self, readings: Mapping[str, Mapping[str, QuotaWindow]]) -> None:
         """Replace the quota gauges with `readings` (account name -> window -> reading)."""
-        self.quota_utilization.clear()
-        self.quota_reset.clear()
-        for account, windows in readings.items():
-            for window, reading in windows.items():
-                self.quota_utilization.labels(account, window).set(reading.utilization)
-                if reading.resets_at is not None:
-                    self.quota_reset.labels(account, window).set(reading.resets_at)
+        self.state.quota = {account: dict(windows) for account, windows in readings.items()}
+
+    def set_accounts(self, accounts: Iterable[Account], health: Mapping[str, AccountHealth], now: float) -> None:
+        """Replace the account state and cooldown gauges (health: account id -> health; missing: healthy)."""
+        self.state.accounts = {}
+        self.state.cooldown_ends = {}
+        for account in accounts:
+            seen = health.get(account.id, AccountHealth())
+            self.state.accounts[account.name] = account_state(account, seen, now)
+            cooling = [until for until in seen.cooldowns.values() if until > now]
+            self.state.cooldown_ends[account.name] = max(cooling, default=0.0)
+
+    def set_budgets(self, keys: Iterable[TeamKey], spend_nanousd: Mapping[str, Mapping[str, int]]) -> None:
+        """Replace the budget gauges: each enabled key's budget per period less its spend in the current one
+        (spend_nanousd: key id -> period -> spend). Negative when a long answer ran past the budget."""
+        self.state.budget_left = {
+            key.name: {
+                period: (budget - spend_nanousd.get(key.id, {}).get(period, 0)) / 1e9
+                for period, budget in key.limits.budgets_nanousd.items()
+            }
+            for key in keys
+            if key.enabled and key.limits.budgets_nanousd
+        }
 
     def render(self) -> bytes:
-        """The Prometheus text exposition (format 0.0.4) of this process's metrics."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition (format 0.0.4): this process's counters, or with several workers
+        the sum of every worker's (prometheus_client's MultiProcessCollector), and the state gauges."""
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path)
+        registry.register(self.state)
+        return generate_latest(registry)
+
+
+async def read_state(metrics: RelayMetrics, runtime: Runtime, now: float) -> None:
+    """Fill the state gauges for a scrape with one store round trip (relay_core/store/gauges.py): accounts,
+    keys, the health and budget spend of those the last scrape (or the quota poller's pass) found. Sign-in
+    ends and quota are what the token refresher's and the quota poller's last passes read. A failed read
+    keeps the gauges as last read (the scrape still answers)."""
+    metrics.set_signin_ends(runtime.refresher.signin_ends)
+    metrics.set_quota(runtime.quota.readings)
+    accounts = metrics.known_accounts or runtime.quota.accounts
+    keys = metrics.known_keys or runtime.quota.keys
+    try:
+        reading = await runtime.store.gauge_reads([a.id for a in accounts], keys, periods(now, runtime.store.zone))
+    except StoreError as exc:
+        logger.warning("/metrics: accounts and keys could not be read: %s", exc)
+        return
+    metrics.known_accounts, metrics.known_keys = reading.accounts, reading.keys
+    metrics.set_accounts(reading.accounts, reading.health, now)
+    metrics.set_budgets(reading.keys, reading.spend_nanousd)
+
+
+@dataclass
+class StateGauges(Collector):
+    """Gauges of the shared state as this process last read it, made at scrape time (never per-process files)."""
+
+    signin_ends: dict[str, float] = field(default_factory=dict)  # account name -> epoch
+    quota: dict[str, dict[str, QuotaWindow]] = field(default_factory=dict)  # account name -> window -> reading
+    accounts: dict[str, str] = field(default_factory=dict)  # account name -> account_state word
+    cooldown_ends: dict[str, float] = field(default_factory=dict)  # account name -> epoch, 0: not cooling
+    budget_left: dict[str, dict[str, float]] = field(default_factory=dict)  # key name -> period -> USD
+
+    def __hash__(self) -> int:  # a registry keeps its collectors in a dict
+        return id(self)
+
+    def collect(self) -> Iterator[Metric]:
+        signin = GaugeMetricFamily(
+            "relay_account_signin_end_timestamp_seconds",
+            "When the account's OAuth sign-in ends (epoch seconds); after it the account must be signed in again.",
+            labels=["account"],
+        )
+        for account, ends_at in self.signin_ends.items():
+            signin.add_metric([account], ends_at)
+        utilization = GaugeMetricFamily(
+            "relay_account_quota_utilization",
+            "How full the subscription's quota window is (0-1, may pass 1), from the usage poll and the last "
+            "answer's headers; windows: 5h, 7d, 7d_opus, 7d_sonnet. A window that reset since is not shown.",
+            labels=["account", "window"],
+        )
+        reset = GaugeMetricFamily(
+            "relay_account_quota_reset_seconds",
+            "When the subscription's quota window resets (epoch seconds).",
+            labels=["account", "window"],
+        )
+        for account, windows in self.quota.items():
+            for window, reading in windows.items():
+                utilization.add_metric([account, window], reading.utilization)
+                if reading.resets_at is not None:
+                    reset.add_metric([account, window], reading.resets_at)
+        state = GaugeMetricFamily(
+            "relay_account_state",
+            "1 for the account's state as `relay accounts list` names it, 0 for every other state.",
+            labels=["account", "state"],
+        )
+        for account, current in self.accounts.items():
+            for name in ACCOUNT_STATES:
+                state.add_metric([account, name], float(name == current))
+        cooldown = GaugeMetricFamily(
+            "relay_account_cooldown_end_timestamp_seconds",
+            "When the account's last cooldown ends (epoch seconds); 0 when it is not cooling down.",
+            labels=["account"],
+        )
+        for account, until in self.cooldown_ends.items():
+            cooldown.add_metric([account], until)
+        budget = GaugeMetricFamily(
+            "relay_key_budget_left_usd",
+            "US dollars the key may still spend in the current budget period (day, week, month, total).",
+            labels=["key", "period"],
+        )
+        for key, left in self.budget_left.items():
+            for period, usd in left.items():
+                budget.add_metric([key, period], usd)
+        yield from (signin, utilization, reset, state, cooldown, budget)

@@ -33,6 +33,7 @@ from relay_core.health import AccountState
 from relay_core.health import QuotaWindow
 from relay_core.models import Account
 from relay_core.models import AccountKind
+from relay_core.models import TeamKey
 from relay_core.settings import Settings
 from relay_core.store import Store
 from relay_core.store import StoreError
@@ -79,7 +80,8 @@ def _epoch(value: Any) -> float | None:
 
 
 class QuotaPoller:
-    """One relay process's poller; `readings` (account name -> live windows) is what /metrics shows."""
+    """One relay process's poller. Each pass also keeps what /metrics shows without a store read of its own:
+    `readings` (account name -> live windows), every account with its health, and the team keys."""
 
     def __init__(self, store: Store, keyring: Keyring, settings: Settings, refresher: TokenRefresher) -> None:
         self.store = store
@@ -87,6 +89,10 @@ class QuotaPoller:
         self.settings = settings
         self.refresher = refresher
         self.readings: dict[str, dict[str, QuotaWindow]] = {}
+        self.accounts: list[Account] = []
+        self.health: dict[str, AccountHealth] = {}  # account id -> health, as of the last pass
+        self.keys: list[TeamKey] = []
+        self.read_at = 0.0  # when the last pass read them
         self._owner = secrets.token_hex(8)
 
     @property
@@ -106,10 +112,13 @@ class QuotaPoller:
         return 2 * self.settings.oauth.timeout_s + self.settings.refresh_lock_ttl_s + 5
 
     async def poll_due(self, now: float | None = None) -> int:
-        """One pass: read every subscription account's health (for /metrics), poll those due. Returns polls made."""
+        """One pass: read every account's health and the keys (for /metrics), poll those due. Returns polls made."""
         now = time.time() if now is None else now
-        accounts = [a for a in await self.store.list_accounts() if a.kind is AccountKind.OAUTH]
-        health = await self.store.account_health([a.id for a in accounts])
+        listed = await self.store.list_accounts()
+        health = await self.store.account_health([a.id for a in listed])
+        self.keys = await self.store.list_keys()
+        self.accounts, self.health, self.read_at = listed, health, now
+        accounts = [a for a in listed if a.kind is AccountKind.OAUTH]
         self.readings = {a.name: health[a.id].quota_windows(now) for a in accounts}
         if not self.interval_s:
             return 0

@@ -16,7 +16,7 @@ def request_fields(state: FlowState, status: int, error: str | None) -> dict[str
     fields: dict[str, Any] = {
         "request_id": state.request_id,
         "route": state.route.value,
-        "key": state.key.name if state.key else None,
+        "key": state.key_label,
         "account": state.account.name if state.account else None,
         "model": state.usage.model if state.usage else state.request_model,
         "status": status,

@@ -25,6 +25,7 @@ from relay_core.journal import UsageJournal
 from relay_core.leases import LeaseKeeper
 from relay_core.models import Account
 from relay_core.models import TeamKey
+from relay_core.presence import Presence
 from relay_core.quota import QuotaPoller
 from relay_core.records import Charge
 from relay_core.records import Completion
@@ -73,8 +74,11 @@ class Runtime:
         self.events.subscribe(self.alerter)
         self.refresher = TokenRefresher(self.store, self.keyring, settings, self.events.publish)
         self.quota = QuotaPoller(self.store, self.keyring, settings, self.refresher)
-        self.journal = UsageJournal(self.store, settings.health_rules, settings.usage_retention_days)
         self.draining = False  # set on SIGTERM: new requests are refused while running ones finish
+        self.presence = Presence(settings, self.keyring.fingerprint, lambda: self.draining)
+        self.journal = UsageJournal(
+            self.store, settings.health_rules, settings.usage_retention_days, self.presence.record
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: asyncio.Task[None] | None = None
         self._store_watch: asyncio.Task[None] | None = None

@@ -3,6 +3,7 @@ that a relay's counters agree exactly with its usage report."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -220,7 +221,7 @@ def test_endpoint_is_open_without_a_token() -> None:
     addon.metrics.observe_refusal("billing_error")
     with taddons.context(addon):
         flow = metrics_flow(path="/metrics?x=1")
-        addon.requestheaders(flow)
+        asyncio.run(addon.requestheaders(flow))
     assert flow.response is not None
     assert flow.response.status_code == 200
     assert flow.response.headers["content-type"] == CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
@@ -234,7 +235,7 @@ def test_scrape_shows_the_sign_in_ends_the_refresher_last_read(settings: Setting
     addon = Metrics(RelayRuntime(runtime))
     with taddons.context(addon):
         flow = metrics_flow()
-        addon.requestheaders(flow)
+        asyncio.run(addon.requestheaders(flow))
     assert flow.response is not None and flow.response.status_code == 200
     found = samples(flow.response.text or "")
     assert total(found, "relay_account_signin_end_timestamp_seconds", account="max-1") == 1_900_000_000
@@ -246,7 +247,7 @@ def test_endpoint_with_a_token_refuses_in_anthropic_shape(settings: Settings) ->
         addon.running()
         for authorization in (None, "Bearer wrong", "s3cret"):
             flow = metrics_flow(authorization)
-            addon.requestheaders(flow)
+            asyncio.run(addon.requestheaders(flow))
             assert flow.response is not None
             assert flow.response.status_code == 401
             assert flow.response.headers["www-authenticate"].startswith("Bearer")
@@ -255,7 +256,7 @@ def test_endpoint_with_a_token_refuses_in_anthropic_shape(settings: Settings) ->
             assert body["error"]["type"] == "authentication_error"
             assert b"s3cret" not in flow.response.content
         flow = metrics_flow("Bearer s3cret")
-        addon.requestheaders(flow)
+        asyncio.run(addon.requestheaders(flow))
         assert flow.response is not None
         assert flow.response.status_code == 200
         assert b"relay_requests_total" in flow.response.content
@@ -270,7 +271,7 @@ def test_other_requests_are_left_to_the_chain() -> None:
     addon = Metrics(RelayRuntime())
     with taddons.context(addon):
         for flow in (metrics_flow(method="POST"), metrics_flow(path="/metricsx"), metrics_flow(path="/v1/messages")):
-            addon.requestheaders(flow)
+            asyncio.run(addon.requestheaders(flow))
             assert flow.response is None
 
 
@@ -492,7 +493,7 @@ def test_metrics_without_a_token_are_refused_to_a_peer_beyond_this_machine() -> 
         flow = tflow.tflow()
         flow.request.method, flow.request.path = "GET", "/metrics"
         flow.client_conn.peername = (peer, 40000)
-        metrics.requestheaders(flow)
+        asyncio.run(metrics.requestheaders(flow))
         assert flow.response is not None
         answers[peer] = (flow.response.status_code, flow.response.content)
     status, body = answers["10.0.0.5"]

@@ -12,14 +12,17 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from dataclasses import field
 from urllib.parse import urlsplit
 from urllib.parse import urlunsplit
 
 from relay_core import outbound
 from relay_core.diagnostics.checks import Check
 from relay_core.diagnostics.checks import Level
+from relay_core.masking import MASK
 from relay_core.masking import masked_url
 from relay_core.models import Account
+from relay_core.presence import RelayRecord
 from relay_core.settings import Settings
 
 REACH_TIMEOUT_S = 5.0
@@ -31,6 +34,25 @@ class Target:
     what: str  # "upstream" or "oauth"
     url: str
     proxy: str | None
+    setting: bool = field(default=True, compare=False)  # the URL is the relay's setting, not an account's base URL
+
+
+def probe_settings(shell: Settings, relays: list[RelayRecord]) -> list[Settings]:
+    """The settings whose endpoints doctor probes: the running relays' (upstream and OAuth token URLs, unless
+    masked: a password in them is not known here), else this shell's. What a relay works with is not FAIL
+    because the shell that asks names another upstream."""
+    found: list[Settings] = []
+    for relay in relays:
+        upstream = relay.settings.get("upstream_url") or shell.upstream_url
+        token_url = relay.settings.get("oauth.token_url") or shell.oauth.token_url
+        if MASK in upstream or MASK in token_url:
+            continue
+        probed = shell.model_copy(
+            update={"upstream_url": upstream, "oauth": shell.oauth.model_copy(update={"token_url": token_url})}
+        )
+        if all((p.upstream_url, p.oauth.token_url) != (upstream, token_url) for p in found):
+            found.append(probed)
+    return found or [shell]
 
 
 def targets(settings: Settings, accounts: list[Account]) -> dict[Target, list[str]]:
@@ -40,7 +62,7 @@ def targets(settings: Settings, accounts: list[Account]) -> dict[Target, list[st
         if not account.enabled:
             continue
         base = (account.base_url or settings.upstream_url).rstrip("/")
-        found.setdefault(Target("upstream", base, account.proxy), []).append(account.name)
+        found.setdefault(Target("upstream", base, account.proxy, not account.base_url), []).append(account.name)
         if account.refreshable:
             found.setdefault(Target("oauth", settings.oauth.token_url, account.proxy), []).append(account.name)
     if not found:

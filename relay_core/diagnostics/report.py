@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from typing import Any
 
 from relay_core.account_urls import opened
@@ -18,7 +20,9 @@ from relay_core.diagnostics.account_checks import keys_check
 from relay_core.diagnostics.account_checks import prices_check
 from relay_core.diagnostics.checks import Check
 from relay_core.diagnostics.checks import Level
+from relay_core.diagnostics.network_checks import Target
 from relay_core.diagnostics.network_checks import listen_check
+from relay_core.diagnostics.network_checks import probe_settings
 from relay_core.diagnostics.network_checks import reach
 from relay_core.diagnostics.network_checks import targets
 from relay_core.diagnostics.store_checks import StoreFacts
@@ -26,6 +30,8 @@ from relay_core.diagnostics.store_checks import load_secret
 from relay_core.diagnostics.store_checks import read_store
 from relay_core.diagnostics.store_checks import secret_check
 from relay_core.masking import masked_settings
+from relay_core.masking import masked_url
+from relay_core.presence import differences
 from relay_core.settings import CONFIG_FILE_ENV
 from relay_core.settings import Settings
 
@@ -36,6 +42,9 @@ class Report:
     checks: list[Check]
     accounts: list[dict[str, Any]] = field(default_factory=list)
     keys: dict[str, int] = field(default_factory=dict)
+    relays: list[dict[str, Any]] = field(default_factory=list)  # the running relays' records (presence.py)
+    # settings a running relay has otherwise than this shell: name -> {"relays": {instance: value}, "shell": value}
+    differences: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -58,6 +67,8 @@ async def diagnose(settings: Settings, active: bool = False) -> Report:
     secret_verdict = secret_check(settings, secret, source, error, facts)
     checks.append(secret_verdict)
     report = Report(masked_settings(settings), checks)
+    report.relays = [r.model_dump(exclude={"settings"}) for r in facts.relays]
+    report.differences = differences(facts.relays, report.settings)
     if not facts.reachable:
         return await _with_network(report, settings, facts, active)
     # Decryption proves something only with the store's own secret (or a new store's): a readable-by-others
@@ -83,7 +94,20 @@ async def _with_network(
 ) -> Report:
     if active:
         accounts = [opened(a, keyring) for a in facts.accounts] if keyring is not None else facts.accounts
-        probes = [reach(t, users) for t, users in targets(settings, accounts).items()]
+        found: dict[Target, list[str]] = {}
+        for probed in probe_settings(settings, facts.relays):  # what the relays use, where they run
+            for target, users in targets(probed, accounts).items():
+                found.setdefault(target, []).extend(u for u in users if u not in found.get(target, []))
+        probes = [_noted(reach(t, users), t, settings) for t, users in found.items()]
         probes.append(asyncio.to_thread(listen_check, settings))
         report.checks += await asyncio.gather(*probes)
     return report
+
+
+async def _noted(probe: Coroutine[Any, Any, Check], target: Target, shell: Settings) -> Check:
+    """A probe of a URL setting that this shell has otherwise than the running relays says so."""
+    check = await probe
+    own = shell.upstream_url if target.what == "upstream" else shell.oauth.token_url
+    if target.setting and target.url.rstrip("/") != own.rstrip("/"):
+        return replace(check, detail=f"{check.detail}; the running relays' setting (this shell: {masked_url(own)})")
+    return check

@@ -19,6 +19,8 @@ from relay_core.masking import MASK
 from relay_core.masking import masked_url
 from relay_core.models import Account
 from relay_core.models import TeamKey
+from relay_core.presence import RelayRecord
+from relay_core.presence import live_relays
 from relay_core.reports import TOKEN_COLUMNS
 from relay_core.settings import Settings
 from relay_core.store import Store
@@ -38,6 +40,7 @@ class StoreFacts:
     health: dict[str, AccountHealth] = field(default_factory=dict)
     keys: list[TeamKey] = field(default_factory=list)
     models_used: set[str] = field(default_factory=set)  # models with tokens in the last USAGE_LOOKBACK_DAYS
+    relays: list[RelayRecord] = field(default_factory=list)  # the relay processes beating on this store now
 
 
 async def read_store(settings: Settings) -> StoreFacts:
@@ -63,6 +66,7 @@ async def read_store(settings: Settings) -> StoreFacts:
             health=await store.account_health([a.id for a in accounts]),
             keys=await store.list_keys(),
             models_used=await _models_used(store),
+            relays=await live_relays(store),
         )
     except StoreError as exc:
         where = "RELAY_REDIS_URL" if settings.redis_url else f"the embedded Valkey in {settings.data_dir}"
@@ -99,6 +103,14 @@ def secret_check(settings: Settings, secret: str | None, source: str, error: str
         return Check("secret", Level.FAIL, error, restore)
     if secret is None:
         if facts.fingerprint:
+            if any(r.secret_fingerprint == facts.fingerprint for r in facts.relays):
+                return Check(
+                    "secret",
+                    Level.WARN,
+                    f"missing in this shell ({source}); the running relays use the store's secret, but commands "
+                    "run here cannot open account secrets",
+                    f"run admin commands where the relay's secret is: {restore}",
+                )
             return Check("secret", Level.FAIL, f"missing ({source}), but the store was created with one", restore)
         return Check("secret", Level.WARN, f"none yet: {source} is generated on first use")
     fingerprint = Keyring(secret).fingerprint

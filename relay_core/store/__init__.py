@@ -18,6 +18,7 @@ from relay_core.store.alerts import Alerts
 from relay_core.store.client import NameTakenError
 from relay_core.store.client import StoreError
 from relay_core.store.client import connect
+from relay_core.store.gauges import Gauges
 from relay_core.store.health import Health
 from relay_core.store.journal import Journal
 from relay_core.store.keys import TeamKeys
@@ -47,5 +48,6 @@ class Store(
     QuotaReadings,
     Alerts,
     WebAccess,
+    Gauges,
 ):
     """Redis/Valkey behind one prefix: `Store(url, prefix, timezone, timeout_ms, max_connections)`."""

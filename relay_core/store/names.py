@@ -30,7 +30,8 @@ class KeyNames:
         self.k_meta = f"{tag}:meta"
         self.k_usage = f"{tag}:usage"
         self.k_journal = f"{tag}:journal"
-        self.k_instances = f"{tag}:instances"
+        self.k_instances = f"{tag}:instances"  # live relay processes: instance -> last beat (ms, server clock)
+        self.k_relays = f"{tag}:relays"  # instance -> RelayRecord json (relay_core/presence.py)
         self.k_alert_hooks = f"{tag}:alerts:hooks"  # webhook id -> AlertHook json
         self.lock_channel = f"{tag}:queue:released"  # a pub/sub channel, not a key
         self.first_use_prefix = f"{tag}:first_use:"
