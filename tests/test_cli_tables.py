@@ -68,3 +68,22 @@ def test_json_and_csv_are_unchanged(team: None, cli: Callable[..., str]) -> None
     if not GOLDEN.exists():  # written once, before the tables changed
         GOLDEN.write_text(json.dumps(outputs, indent=1, sort_keys=True) + "\n")
     assert outputs == json.loads(GOLDEN.read_text())
+
+
+TABLE_COMMANDS = [
+    ("keys", "list"),
+    ("keys", "show", "alice"),
+    ("keys", "show", "bob"),
+    ("keys", "show", "carol-never-used"),
+    ("accounts", "list"),
+    ("accounts", "show", "max-team-a-primary"),
+    *[("usage", "--by", by, *SINCE_UNTIL) for by in ("key", "account", "model", "day", "hour", "month")],
+]
+
+
+def test_tables_fit_120_columns_and_print_no_python_structures(team: None, cli: Callable[..., str]) -> None:
+    for command in TABLE_COMMANDS:
+        out = cli(*command)
+        print(f"$ relay {' '.join(command)}\n{out}")
+        assert max(len(line) for line in out.splitlines()) <= 120, command
+        assert "{" not in out and "[" not in out and "None" not in out, command

@@ -12,8 +12,8 @@ from relay_core.admin.keys import KeyChanges
 from relay_core.admin.service import AdminService
 from relay_core.models import AccountKind
 from relay_core.models import LimitWindow
-from relay_core.usage import TokenUsage
 from relay_core.records import UsageRecord
+from relay_core.usage import TokenUsage
 
 USAGE_DAYS = ("2026-03-02", "2026-03-03")  # --since/--until that pin the report to the recorded usage
 
