@@ -24,6 +24,10 @@ from cli.output import emit_lines
 from cli.output import emit_record
 from cli.output import emit_table
 from cli.output import format_option
+from cli.secret_input import HELP
+from cli.secret_input import one_from_stdin
+from cli.secret_input import optional_secret
+from cli.secret_input import secret_input
 from cli.signin import add_oauth
 from cli.tables import Clock
 from cli.tables import account_columns
@@ -54,7 +58,7 @@ def accounts() -> None:
 
 @accounts.command("add-console")
 @click.argument("name")
-@click.option("--api-key", required=True, help="Anthropic API key (or the key of a compatible endpoint)")
+@click.option("--api-key", default=None, help=f"Anthropic API key (or the key of a compatible endpoint); {HELP}")
 @click.option("--base-url", default=None, help="upstream base URL (default: the relay's upstream_url)")
 @priority_option
 @weight_option
@@ -66,7 +70,7 @@ def accounts() -> None:
 def add_console(
     context: CliContext,
     name: str,
-    api_key: str,
+    api_key: str | None,
     base_url: str | None,
     priority: int,
     weight: int,
@@ -76,15 +80,16 @@ def add_console(
     fmt: str,
 ) -> None:
     """Add an Anthropic API-key account."""
+    secret = secret_input(api_key, "--api-key", "Anthropic API key")
     fields: dict[str, Any] = dict(base_url=base_url, priority=priority, weight=weight, proxy=proxy)
     fields.update(max_concurrency=max_concurrency or None, rpm=rpm or None)
-    _emit_account(context, fmt, lambda admin: admin.accounts.add(name, AccountKind.CONSOLE, api_key, **fields))
+    _emit_account(context, fmt, lambda admin: admin.accounts.add(name, AccountKind.CONSOLE, secret, **fields))
 
 
 @accounts.command("add-token")
 @click.argument("name")
-@click.option("--access-token", default=None, help="subscription OAuth access token (sk-ant-oat01-…)")
-@click.option("--refresh-token", default=None, help="its refresh token (sk-ant-ort01-…)")
+@click.option("--access-token", default=None, help=f"subscription OAuth access token (sk-ant-oat01-…); {HELP}")
+@click.option("--refresh-token", default=None, help="its refresh token (sk-ant-ort01-…); '-' reads it from stdin")
 @click.option("--expires-in", type=click.IntRange(min=1), default=None, help="seconds until the token expires")
 @click.option(
     "--credentials-file",
@@ -125,6 +130,10 @@ def add_token(
         access_token = tokens.access_token.get_secret_value()
         refresh_token = tokens.refresh_token.get_secret_value() if tokens.refresh_token else None
         expires_at = tokens.expires_at
+    else:
+        one_from_stdin(access_token, refresh_token)
+        access_token = secret_input(access_token, "--access-token", "OAuth access token")
+        refresh_token = optional_secret(refresh_token, "--refresh-token")
     if not access_token:
         raise click.UsageError("give --access-token or --credentials-file")
     secret = access_token
