@@ -14,11 +14,16 @@ FROM_STDIN = "-"
 HELP = "'-' reads it from stdin; omitted on a terminal: asked for, hidden (a value typed here lands in shell history)"
 
 
+def on_terminal() -> bool:
+    """Whether a person can answer a prompt (a pipe or a script cannot)."""
+    return sys.stdin.isatty()
+
+
 def secret_input(value: str | None, option: str, label: str) -> str:
     """The secret given, read from stdin ('-'), or asked for on a terminal when omitted."""
     if value is not None:
         return optional_secret(value, option) or ""
-    if sys.stdin.isatty():
+    if on_terminal():
         return str(click.prompt(label, hide_input=True, err=True))
     raise InvalidInput(f"give {option} VALUE, or '{option} -' to read it from stdin")
 

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from click.testing import CliRunner
 
+from cli.main import main
 from relay_core.admin.service import AdminService
 from relay_core.runtime import Runtime
 from relay_core.settings import Settings
@@ -87,3 +90,88 @@ def test_tables_fit_120_columns_and_print_no_python_structures(team: None, cli: 
         print(f"$ relay {' '.join(command)}\n{out}")
         assert max(len(line) for line in out.splitlines()) <= 120, command
         assert "{" not in out and "[" not in out and "None" not in out, command
+
+
+def store_dump(valkey_url: str) -> dict[bytes, Any]:
+    client = redis.Redis.from_url(valkey_url)
+    try:
+        return {name: client.dump(name) for name in client.scan_iter(match="{relaytest}*")}
+    finally:
+        client.close()
+
+
+INVALID = [
+    ("keys", "create", ""),
+    ("keys", "create", "two words"),
+    ("keys", "create", "new\nline"),
+    ("keys", "create", "bell\x07"),
+    ("keys", "create", "k", "--group", "nosuchgroup"),
+    ("keys", "create", "k", "--account", "api-overflow", "--group", "team-a"),
+    ("keys", "create", "k", "--account", "nosuchaccount"),
+    ("keys", "create", "k", "--expires", "2020-01-01"),
+    ("keys", "update", "bob", "--group", "team-a"),  # bob is bound to an account
+    ("keys", "update", "alice", "--group", "nosuchgroup"),
+    ("accounts", "add-console", "with space", "--api-key", "sk-ant-api03-X"),
+    ("accounts", "add-console", "c", "--api-key", "sk-ant-oat01-X"),
+    ("accounts", "add-token", "t", "--access-token", "sk-ant-api03-X"),
+    ("accounts", "update", "max-2", "--groups", "ok,bad group"),
+]
+
+
+@pytest.mark.parametrize("command", INVALID, ids=lambda c: " ".join(c).replace("\n", "\\n"))
+def test_invalid_input_is_one_line_exit_2_and_writes_nothing(
+    team: None, cli: Callable[..., str], valkey_url: str, command: tuple[str, ...]
+) -> None:
+    before = store_dump(valkey_url)
+    result = CliRunner().invoke(main, list(command))
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("Error: "), result.output
+    assert store_dump(valkey_url) == before
+
+
+def test_a_bad_setting_is_one_line_exit_2(cli: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_WARNING_UTILIZATION", "1.5")
+    result = CliRunner().invoke(main, ["keys", "list"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "warning_utilization" in result.output
+
+
+def test_secrets_from_stdin_and_prompt_never_echo(
+    admin: Admin, cli: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api_key, access = "sk-ant-api03-STDIN", "sk-ant-oat01-PROMPTED"
+    out = CliRunner().invoke(main, ["accounts", "add-console", "c1", "--api-key", "-"], input=api_key + "\n").output
+    both = CliRunner().invoke(main, ["accounts", "add-token", "t1", "--access-token", "-", "--refresh-token", "-"])
+    assert both.exit_code == 2 and "only one secret" in both.output
+    monkeypatch.setattr("cli.secret_input.on_terminal", lambda: True)
+    asked = CliRunner().invoke(main, ["accounts", "add-token", "t1"], input=access + "\n")
+    assert asked.exit_code == 0, asked.output
+    out += asked.output
+    for secret in (api_key, access):
+        assert secret not in out
+    rows = {r["name"]: r for r in json.loads(cli("accounts", "list", "--format", "json"))}
+    assert (rows["c1"]["kind"], rows["t1"]["kind"]) == ("console", "oauth")
+    assert "OAuth access token" in asked.output  # the prompt, hidden: the token is not echoed
+    monkeypatch.setattr("cli.secret_input.on_terminal", lambda: False)
+    no_tty = CliRunner().invoke(main, ["accounts", "add-console", "c2"])
+    assert no_tty.exit_code == 2 and "--api-key -" in no_tty.output
+
+
+def test_sort_totals_and_idle_keys(team: None, cli: Callable[..., str]) -> None:
+    by_key = cli("usage", "--by", "key", *SINCE_UNTIL).splitlines()
+    names = [line.split()[0] for line in by_key[2:] if not line.startswith("-")]
+    assert names == ["alice", "bob", "carol-never-used", "dave", "total"]  # most expensive first, idle ones listed
+    assert by_key[-1].split()[:3] == ["total", "4", "0"] and "$2.00" in by_key[-1]
+    assert json.loads(cli("usage", "--by", "key", *SINCE_UNTIL, "--format", "json"))[-1]["key"] == "bob"
+    by_input = cli("usage", "--by", "model", *SINCE_UNTIL, "--sort", "-input").splitlines()
+    assert [line.split()[0] for line in by_input[2:6]] == [
+        "claude-unknown-x",
+        "claude-haiku-4-5",
+        "claude-opus-4-1",
+        "claude-sonnet-4-5",
+    ]
+    accounts = cli("accounts", "list", "--sort", "5h").splitlines()
+    assert [line.split()[0] for line in accounts[2:]] == ["max-team-a-primary", "max-2", "api-overflow"]
+    assert "max_conc" in cli("accounts", "list", "--wide")
+    unknown = CliRunner().invoke(main, ["keys", "list", "--sort", "nosuch"])
+    assert unknown.exit_code == 2 and "columns: name, state" in unknown.output
