@@ -20,10 +20,19 @@ from cli.account_options import rpm_option
 from cli.account_options import weight_option
 from cli.context import CliContext
 from cli.context import pass_cli_context
+from cli.output import emit_lines
 from cli.output import emit_record
-from cli.output import emit_rows
+from cli.output import emit_table
 from cli.output import format_option
+from cli.secret_input import HELP
+from cli.secret_input import one_from_stdin
+from cli.secret_input import optional_secret
+from cli.secret_input import secret_input
 from cli.signin import add_oauth
+from cli.tables import Clock
+from cli.tables import account_columns
+from cli.tables import account_lines
+from cli.tables import table_options
 from relay_core.admin.accounts import AccountChanges
 from relay_core.admin.service import AdminService
 from relay_core.models import Account
@@ -31,34 +40,15 @@ from relay_core.models import AccountKind
 from relay_core.oauth import OAuthError
 from relay_core.oauth import parse_credentials_json
 
-LIST_COLUMNS = (
-    "name",
-    "kind",
-    "state",
-    "limited_until",
-    "limited_families",
-    "quota_5h",
-    "quota_7d",
-    "quota_7d_opus",
-    "quota_7d_sonnet",
-    "pause_at",
-    "last_error",
-    "requests_today",
-    "priority",
-    "weight",
-    "max_concurrency",
-    "rpm",
-    "signin_ends_at",
-)
-
 
 def _emit_account(context: CliContext, fmt: str, operation: Callable[[AdminService], Awaitable[Account]]) -> None:
     """Run an operation that yields an account and print that account, on the same Runtime."""
 
-    async def op(admin: AdminService) -> dict[str, Any]:
-        return (await admin.accounts.views([await operation(admin)]))[0]
+    async def op(admin: AdminService) -> tuple[dict[str, Any], Clock]:
+        return (await admin.accounts.views([await operation(admin)]))[0], Clock.local(admin.runtime.store.zone)
 
-    emit_record(context.run(op), fmt)
+    view, clock = context.run(op)
+    emit_lines(view, fmt, account_lines(view, clock))
 
 
 @click.group()
@@ -68,7 +58,7 @@ def accounts() -> None:
 
 @accounts.command("add-console")
 @click.argument("name")
-@click.option("--api-key", required=True, help="Anthropic API key (or the key of a compatible endpoint)")
+@click.option("--api-key", default=None, help=f"Anthropic API key (or the key of a compatible endpoint); {HELP}")
 @click.option("--base-url", default=None, help="upstream base URL (default: the relay's upstream_url)")
 @priority_option
 @weight_option
@@ -80,7 +70,7 @@ def accounts() -> None:
 def add_console(
     context: CliContext,
     name: str,
-    api_key: str,
+    api_key: str | None,
     base_url: str | None,
     priority: int,
     weight: int,
@@ -90,15 +80,16 @@ def add_console(
     fmt: str,
 ) -> None:
     """Add an Anthropic API-key account."""
+    secret = secret_input(api_key, "--api-key", "Anthropic API key")
     fields: dict[str, Any] = dict(base_url=base_url, priority=priority, weight=weight, proxy=proxy)
     fields.update(max_concurrency=max_concurrency or None, rpm=rpm or None)
-    _emit_account(context, fmt, lambda admin: admin.accounts.add(name, AccountKind.CONSOLE, api_key, **fields))
+    _emit_account(context, fmt, lambda admin: admin.accounts.add(name, AccountKind.CONSOLE, secret, **fields))
 
 
 @accounts.command("add-token")
 @click.argument("name")
-@click.option("--access-token", default=None, help="subscription OAuth access token (sk-ant-oat01-…)")
-@click.option("--refresh-token", default=None, help="its refresh token (sk-ant-ort01-…)")
+@click.option("--access-token", default=None, help=f"subscription OAuth access token (sk-ant-oat01-…); {HELP}")
+@click.option("--refresh-token", default=None, help="its refresh token (sk-ant-ort01-…); '-' reads it from stdin")
 @click.option("--expires-in", type=click.IntRange(min=1), default=None, help="seconds until the token expires")
 @click.option(
     "--credentials-file",
@@ -139,6 +130,10 @@ def add_token(
         access_token = tokens.access_token.get_secret_value()
         refresh_token = tokens.refresh_token.get_secret_value() if tokens.refresh_token else None
         expires_at = tokens.expires_at
+    else:
+        one_from_stdin(access_token, refresh_token)
+        access_token = secret_input(access_token, "--access-token", "OAuth access token")
+        refresh_token = optional_secret(refresh_token, "--refresh-token")
     if not access_token:
         raise click.UsageError("give --access-token or --credentials-file")
     secret = access_token
@@ -153,26 +148,17 @@ def add_token(
 
 @accounts.command("list")
 @format_option()
+@table_options
 @pass_cli_context
-def list_accounts(context: CliContext, fmt: str) -> None:
+def list_accounts(context: CliContext, fmt: str, sort: str | None, wide: bool) -> None:
     """All accounts: state, limits, utilisation, last error, requests today."""
 
-    async def op(admin: AdminService) -> list[dict[str, Any]]:
-        return await admin.accounts.views(await admin.accounts.list_accounts())
+    async def op(admin: AdminService) -> tuple[list[dict[str, Any]], Clock]:
+        views = await admin.accounts.views(await admin.accounts.list_accounts())
+        return views, Clock.local(admin.runtime.store.zone)
 
-    rows = context.run(op)
-    emit_rows(rows if fmt == "json" else [{c: _list_cell(r, c) for c in LIST_COLUMNS} for r in rows], fmt)
-
-
-def _list_cell(row: dict[str, Any], column: str) -> Any:
-    """A quota column joins a window's utilisation and its reset in one cell: `95% to 2026-…T19:59:59+00:00`."""
-    if not column.startswith("quota_"):
-        return row[column]
-    window = column.removeprefix("quota_")
-    utilization, reset = row[f"utilization_{window}"], row[f"reset_{window}"]
-    if utilization is None:
-        return None
-    return f"{utilization} to {reset}" if reset else utilization
+    rows, clock = context.run(op)
+    emit_table(rows, fmt, account_columns(clock), sort, wide)
 
 
 @accounts.command()

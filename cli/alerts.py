@@ -8,6 +8,7 @@ from cli.context import CliContext
 from cli.context import pass_cli_context
 from cli.output import emit_rows
 from cli.output import format_option
+from cli.secret_input import secret_input
 from relay_core.admin.alerts import alert_view
 from relay_core.alert_hooks import HookFormat
 from relay_core.events import EVENT_TYPES
@@ -23,7 +24,7 @@ def alerts() -> None:
 
 
 @alerts.command()
-@click.argument("url")
+@click.argument("url", required=False)
 @click.option(
     "--format",
     "hook_format",
@@ -34,10 +35,12 @@ def alerts() -> None:
 )
 @click.option("--events", default=None, help=f"comma-separated event types (default: all): {', '.join(EVENT_TYPES)}")
 @pass_cli_context
-def add(context: CliContext, url: str, hook_format: str, events: str | None) -> None:
-    """Send alerts to URL (stored sealed; shown masked from now on)."""
+def add(context: CliContext, url: str | None, hook_format: str, events: str | None) -> None:
+    """Send alerts to URL (stored sealed; shown masked from now on). URL '-' reads it from stdin; omitted on a
+    terminal, it is asked for, hidden (a URL typed on the command line lands in shell history and `ps`)."""
+    secret_url = secret_input(url, "URL", "webhook URL")
     chosen = _event_list(events)
-    hook = context.run(lambda admin: admin.alerts.add(url, HookFormat(hook_format), chosen))
+    hook = context.run(lambda admin: admin.alerts.add(secret_url, HookFormat(hook_format), chosen))
     click.echo(
         f"alert {hook.id} added: {hook.shown_url} ({hook.format.value}, events: {','.join(hook.events) or 'all'})"
     )

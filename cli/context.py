@@ -27,12 +27,16 @@ from relay_core.store import StoreError
 from relay_core.store.embedded import EmbeddedStoreError
 
 
+class InvalidInput(click.ClickException):
+    """A value the relay refuses (an admin rule, a setting): one line, exit 2 like click's own usage errors."""
+
+    exit_code = 2
+
+
 def click_error(exc: AdminError) -> click.ClickException:
-    """A refused value is a bad option (exit 2, naming it), a change that does not apply a usage error."""
-    if isinstance(exc, InvalidValueError):
-        return click.BadParameter(str(exc), param_hint=f"--{exc.field.replace('_', '-')}" if exc.field else None)
-    if isinstance(exc, NotApplicableError):
-        return click.UsageError(str(exc))
+    """A refused value or a change that does not apply is invalid input (exit 2); any other refusal exit 1."""
+    if isinstance(exc, InvalidValueError | NotApplicableError):
+        return InvalidInput(str(exc))
     return click.ClickException(str(exc))
 
 
@@ -45,7 +49,7 @@ class CliContext:
         try:
             return load_settings(self.config, **overrides)
         except ValidationError as exc:
-            raise click.ClickException(settings_error_text(exc)) from None
+            raise InvalidInput(settings_error_text(exc)) from None
         except (FileNotFoundError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
 

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from cli.context import CliContext
 from cli.context import pass_cli_context
-from cli.output import emit_record
-from cli.output import emit_rows
+from cli.output import emit_lines
+from cli.output import emit_table
 from cli.output import format_option
+from cli.tables import Clock
+from cli.tables import Row
+from cli.tables import key_columns
+from cli.tables import key_lines
+from cli.tables import render
+from cli.tables import table_options
+from cli.tables import usage_columns
+from cli.tables import usage_totals
+from cli.tables import with_account_names
 from relay_core.admin.keys import KeyChanges
 from relay_core.admin.service import AdminService
 from relay_core.admin.views import key_view
 from relay_core.models import LimitWindow
+from relay_core.models import TeamKey
 
 
 def _window(text: str) -> LimitWindow:
@@ -97,11 +108,27 @@ def key_changes(options: dict[str, Any], note: str | None = None) -> KeyChanges:
     )
 
 
-def _show_secret(secret: str, view: dict[str, Any], fmt: str) -> None:
+@dataclass(frozen=True)
+class ShownKey:
+    """A key as its commands print it: its view (JSON), the same with its account named (tables), the clock."""
+
+    view: Row
+    named: Row
+    clock: Clock
+
+
+async def shown_keys(admin: AdminService, keys: list[TeamKey]) -> list[ShownKey]:
+    account_names = {account.id: account.name for account in await admin.accounts.list_accounts()}
+    clock = Clock.local(admin.runtime.store.zone)
+    return [ShownKey(key_view(k), with_account_names(key_view(k), account_names), clock) for k in keys]
+
+
+def _emit_key(shown: ShownKey, fmt: str, secret: str | None = None) -> None:
     if fmt == "json":
-        emit_record({**view, "key": secret}, fmt)
-    else:
-        emit_record(view, fmt)
+        emit_lines({**shown.view, "key": secret} if secret else shown.view, fmt, [])
+        return
+    emit_lines(shown.view, fmt, key_lines(shown.named, shown.clock))
+    if secret:
         click.echo(f"\nkey: {secret}\nThis is the only time the key is shown; give it to its owner now.")
 
 
@@ -119,16 +146,29 @@ def keys() -> None:
 def create(context: CliContext, name: str, note: str, fmt: str, **options: Any) -> None:
     """Create a key and print its secret once."""
     changes = key_changes(options, note)
-    issued = context.run(lambda admin: admin.keys.create(name, changes))
-    _show_secret(issued.secret, key_view(issued.key), fmt)
+
+    async def op(admin: AdminService) -> tuple[str, ShownKey]:
+        issued = await admin.keys.create(name, changes)
+        return issued.secret, (await shown_keys(admin, [issued.key]))[0]
+
+    secret, shown = context.run(op)
+    _emit_key(shown, fmt, secret)
 
 
 @keys.command("list")
 @format_option()
+@table_options
 @pass_cli_context
-def list_keys(context: CliContext, fmt: str) -> None:
+def list_keys(context: CliContext, fmt: str, sort: str | None, wide: bool) -> None:
     """All keys (never their secrets)."""
-    emit_rows([key_view(k) for k in context.run(lambda admin: admin.keys.list_keys())], fmt)
+
+    async def op(admin: AdminService) -> list[ShownKey]:
+        return await shown_keys(admin, await admin.keys.list_keys())
+
+    shown = context.run(op)
+    rows = [s.named if fmt == "table" else s.view for s in shown]
+    clock = shown[0].clock if shown else Clock.local("UTC")
+    emit_table(rows, fmt, key_columns(clock), sort or "name", wide)
 
 
 @keys.command()
@@ -138,11 +178,15 @@ def list_keys(context: CliContext, fmt: str) -> None:
 def show(context: CliContext, name: str, fmt: str) -> None:
     """One key: its limits next to what it has used of them."""
 
-    async def op(admin: AdminService) -> dict[str, Any]:
+    async def op(admin: AdminService) -> tuple[ShownKey, Row]:
         key = await admin.keys.get(name)
-        return {**key_view(key), **await admin.keys.report(key)}
+        return (await shown_keys(admin, [key]))[0], await admin.keys.report(key)
 
-    emit_record(context.run(op), fmt)
+    shown, report = context.run(op)
+    emit_lines({**shown.view, **report}, fmt, key_lines(shown.named, shown.clock, report))
+    if fmt == "table" and report["daily"]:
+        daily = report["daily"]
+        click.echo(f"\nLast days:\n{render(daily, usage_columns('day'), totals=usage_totals(daily, 'day'))}")
 
 
 @keys.command()
@@ -154,7 +198,11 @@ def show(context: CliContext, name: str, fmt: str) -> None:
 def update(context: CliContext, name: str, note: str | None, fmt: str, **options: Any) -> None:
     """Change a key's note, limits or binding (0 or '' removes a limit)."""
     changes = key_changes(options, note)
-    emit_record(key_view(context.run(lambda admin: admin.keys.update(name, changes))), fmt)
+
+    async def op(admin: AdminService) -> ShownKey:
+        return (await shown_keys(admin, [await admin.keys.update(name, changes)]))[0]
+
+    _emit_key(context.run(op), fmt)
 
 
 def _set_enabled(context: CliContext, name: str, enabled: bool) -> None:
@@ -196,5 +244,10 @@ def delete(context: CliContext, name: str, yes: bool) -> None:
 @pass_cli_context
 def rotate(context: CliContext, name: str, fmt: str) -> None:
     """Replace the key's secret; the old one stops working at once."""
-    issued = context.run(lambda admin: admin.keys.rotate(name))
-    _show_secret(issued.secret, key_view(issued.key), fmt)
+
+    async def op(admin: AdminService) -> tuple[str, ShownKey]:
+        issued = await admin.keys.rotate(name)
+        return issued.secret, (await shown_keys(admin, [issued.key]))[0]
+
+    secret, shown = context.run(op)
+    _emit_key(shown, fmt, secret)

@@ -12,8 +12,10 @@ from cli.account_options import proxy_option
 from cli.account_options import weight_option
 from cli.context import CliContext
 from cli.context import pass_cli_context
-from cli.output import emit_record
+from cli.output import emit_lines
 from cli.output import format_option
+from cli.tables import Clock
+from cli.tables import account_lines
 from relay_core.admin.service import AdminService
 from relay_core.admin.signin import LOGIN_TTL_S
 
@@ -54,6 +56,7 @@ def add_oauth(
                 return
             pasted = click.prompt("Code", hide_input=sys.stdin.isatty(), err=True)
         account = await admin.signin.finish(name, pasted)
-        emit_record((await admin.accounts.views([account]))[0], fmt)
+        view = (await admin.accounts.views([account]))[0]
+        emit_lines(view, fmt, account_lines(view, Clock.local(admin.runtime.store.zone)))
 
     context.run(op)

@@ -6,6 +6,7 @@ import datetime as dt
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -56,18 +57,19 @@ def usage_rows(
         if key_id is not None and cell.key_id != key_id:
             continue
         totals[_group_value(cell, by, key_names, account_names)][cell.metric] += cell.value
-    rows = []
-    for group in sorted(totals):
-        counts = totals[group]
-        row: dict[str, Any] = {by: group, "requests": counts["requests"], "errors": counts["errors"]}
-        row.update({name: counts[name] for name in TOKEN_COLUMNS})
-        row["cache_creation_input_tokens"] = counts["cache_write_5m_tokens"] + counts["cache_write_1h_tokens"]
-        row["partial"] = counts["partial"]
-        row["unpriced"] = counts["unpriced"]
-        row["estimated"] = counts["estimated"]
-        row["cost_usd"] = float(Decimal(counts["cost_nanousd"]) / NANOS_PER_USD)
-        rows.append(row)
-    return rows
+    return [usage_row(by, group, totals[group]) for group in sorted(totals)]
+
+
+def usage_row(by: str, group: str, counts: Mapping[str, int]) -> dict[str, Any]:
+    """One report row from its summed counters; no counters: a row of zeros (a key that was not used)."""
+    row: dict[str, Any] = {by: group, "requests": counts.get("requests", 0), "errors": counts.get("errors", 0)}
+    row.update({name: counts.get(name, 0) for name in TOKEN_COLUMNS})
+    row["cache_creation_input_tokens"] = row["cache_write_5m_tokens"] + row["cache_write_1h_tokens"]
+    row["partial"] = counts.get("partial", 0)
+    row["unpriced"] = counts.get("unpriced", 0)
+    row["estimated"] = counts.get("estimated", 0)
+    row["cost_usd"] = float(Decimal(counts.get("cost_nanousd", 0)) / NANOS_PER_USD)
+    return row
 
 
 def usage_rows_by(

@@ -90,14 +90,16 @@ async def test_update_key_changes_and_removes_limits_and_binds(admin: AdminServi
         claude_code_only=True,
         expires_after_days=3,
         account="a1",
-        group="team",
     )
     key = await admin.keys.update("bob", changes)
     assert key.limits.windows == [LimitWindow(seconds=60, tokens=1000), LimitWindow(seconds=3600, requests=100)]
     assert key.limits.models_allow == ["claude-haiku-*"] and key.limits.models_deny == ["claude-opus-*"]
     assert key.limits.claude_code_only and key.limits.expires_after_days == 3
-    assert key.account_id == (await admin.accounts.get("a1")).id and key.group == "team"
+    assert key.account_id == (await admin.accounts.get("a1")).id
     assert await admin.keys.get("bob") == key
+    await admin.accounts.update("a1", AccountChanges(groups=["team"]))
+    regrouped = await admin.keys.update("bob", KeyChanges(account="", group="team"))
+    assert regrouped.account_id is None and regrouped.group == "team"
     unbound = await admin.keys.update("bob", KeyChanges(account="", group="", expires_after_days=0))
     assert unbound.account_id is None and unbound.group is None and unbound.limits.expires_after_days is None
     with pytest.raises(InvalidValueError) as refused:
@@ -269,3 +271,49 @@ async def test_usage_refuses_an_empty_range(admin: AdminService) -> None:
         await admin.usage("key", since=dt.date(2025, 2, 1), until=dt.date(2025, 1, 1))
     with pytest.raises(NotFoundError):
         await admin.usage("key", key_name="nobody")
+
+
+# --- what is refused before anything is written --------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", " ", "two words", "new\nline", "tab\t", "bell\x07", "x" * 65])
+async def test_names_people_cannot_type_are_refused(admin: AdminService, name: str) -> None:
+    with pytest.raises(InvalidValueError):
+        await admin.keys.create(name)
+    with pytest.raises(InvalidValueError):
+        await admin.accounts.add(name, AccountKind.CONSOLE, API_KEY)
+    await admin.accounts.add("ok", AccountKind.CONSOLE, API_KEY)
+    with pytest.raises(InvalidValueError):
+        await admin.accounts.update("ok", AccountChanges(groups=[name or "a,b"]))
+    assert await admin.keys.list_keys() == [] and [a.name for a in await admin.accounts.list_accounts()] == ["ok"]
+
+
+async def test_key_bindings_and_expiry_are_checked(admin: AdminService) -> None:
+    await admin.accounts.add("a1", AccountKind.CONSOLE, API_KEY)
+    await admin.accounts.update("a1", AccountChanges(groups=["team"]))
+    refused = [
+        KeyChanges(group="nosuchgroup"),
+        KeyChanges(account="a1", group="team"),
+        KeyChanges(account="nosuchaccount"),
+        KeyChanges(last_day=dt.date(2020, 1, 1)),
+    ]
+    for changes in refused:
+        with pytest.raises(InvalidValueError):
+            await admin.keys.create("k", changes)
+    assert await admin.keys.list_keys() == []
+    await admin.keys.create("k", KeyChanges(group="team", last_day=dt.datetime.now(dt.UTC).date()))
+    with pytest.raises(InvalidValueError):  # a key bound to a group gets no account on top
+        await admin.keys.update("k", KeyChanges(account="a1"))
+    assert (await admin.keys.get("k")).account_id is None
+
+
+async def test_one_kind_of_credential_given_as_another_is_refused(admin: AdminService) -> None:
+    for kind, secret, refresh in [
+        (AccountKind.OAUTH, API_KEY, None),
+        (AccountKind.OAUTH, REFRESH, None),
+        (AccountKind.CONSOLE, ACCESS, None),
+        (AccountKind.OAUTH, ACCESS, API_KEY),
+    ]:
+        with pytest.raises(InvalidValueError):
+            await admin.accounts.add("wrong", kind, secret, refresh)
+    assert await admin.accounts.list_accounts() == []

@@ -70,7 +70,10 @@ async def test_wrong_disabled_and_expired_keys_cannot_sign_in(runtime: Runtime) 
     admin = AdminService(runtime)
     disabled = await add_key(runtime, "carol")
     await admin.keys.set_enabled("carol", False)
-    expired = await add_key(runtime, "dave", last_day=dt.date(2020, 1, 1))
+    expired = await add_key(runtime, "dave")
+    key = await admin.keys.get("dave")
+    key.limits.expires_at = dt.datetime(2020, 1, 2, tzinfo=dt.UTC).timestamp()  # the admin refuses a past --expires
+    await runtime.store.save_key(key)
     site = Site(runtime)
     for secret in (disabled, expired, "rk-not-a-key", "", "x" * 300):
         answer = await sign_in(site, secret)

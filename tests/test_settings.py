@@ -41,7 +41,7 @@ def test_a_misspelt_setting_in_the_file_is_an_error_naming_the_closest(tmp_path:
 )
 def test_out_of_range_settings_are_one_line_errors(name: str, value: str, expected: str, tmp_path: Path) -> None:
     code, output = _status({name: value, "RELAY_DATA_DIR": str(tmp_path)})
-    assert code == 1
+    assert code == 2  # invalid input, as click's usage errors
     assert expected in output
     assert len(output.strip().splitlines()) == 1, output
     assert "Traceback" not in output

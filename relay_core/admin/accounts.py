@@ -16,6 +16,8 @@ from relay_core.admin.errors import AdminError
 from relay_core.admin.errors import InvalidValueError
 from relay_core.admin.errors import NotApplicableError
 from relay_core.admin.errors import NotFoundError
+from relay_core.admin.rules import check_credential_kind
+from relay_core.admin.rules import check_name
 from relay_core.admin.views import account_view
 from relay_core.models import Account
 from relay_core.models import AccountKind
@@ -97,6 +99,8 @@ class AccountAdmin:
     ) -> Account:
         """The one way an account is created: its secret, refresh token and URL credentials sealed.
         fields: any other Account field (base_url, proxy, priority, weight, expires_at, ...)."""
+        check_name(name, "account")
+        check_credential_kind(kind, secret, refresh_token)
         check_urls(fields.get("base_url"), fields.get("proxy"))
         account_id = new_id()
         seal = self.keyring.seal
@@ -114,6 +118,8 @@ class AccountAdmin:
     async def update(self, name: str, changes: AccountChanges) -> Account:
         check_urls(changes.base_url or None, changes.proxy or None)
         check_pause_at(changes.pause_at)
+        for group in changes.groups or ():
+            check_name(group, "group", field="groups")
         subscription_only = changes.allow_extra_usage is not None or changes.allow_other_clients is not None
 
         def change(account: Account) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 
 from relay_core.admin.errors import InvalidValueError
 from relay_core.admin.errors import NotFoundError
+from relay_core.admin.rules import check_last_day
+from relay_core.admin.rules import check_name
 from relay_core.limits import NANOS_PER_USD
 from relay_core.models import LimitWindow
 from relay_core.models import TeamKey
@@ -66,6 +68,7 @@ class KeyAdmin:
         return await key_report(self.store, key)
 
     async def create(self, name: str, changes: KeyChanges = KeyChanges()) -> IssuedKey:
+        check_name(name, "key")
         secret, key_hash, hint = self._issue()
         key = TeamKey(name=name, key_hash=key_hash, hint=hint)
         await self._apply(key, changes)
@@ -101,6 +104,12 @@ class KeyAdmin:
         return secret, self.keyring.hash_team_key(secret), secret[:7]
 
     async def _apply(self, key: TeamKey, changes: KeyChanges) -> None:
+        """Every change onto the key, in memory: a refused value raises before the caller saves anything."""
+        if changes.account and changes.group:
+            raise InvalidValueError(
+                "give --account or --group, not both: a key is bound to one account or to the accounts of a group",
+                field="group",
+            )
         limits = key.limits
         if changes.note is not None:
             key.note = changes.note
@@ -125,6 +134,7 @@ class KeyAdmin:
         if changes.allow_other_clients is not None:
             key.allow_other_clients = changes.allow_other_clients
         if changes.last_day is not None:
+            check_last_day(changes.last_day, dt.datetime.now(dt.UTC).date())
             midnight = dt.datetime.combine(changes.last_day, dt.time(), dt.UTC)
             limits.expires_at = midnight.timestamp() + DAY_S
         if changes.expires_after_days is not None:
@@ -132,7 +142,25 @@ class KeyAdmin:
         if changes.account is not None:
             key.account_id = await self._account_id(changes.account)
         if changes.group is not None:
-            key.group = changes.group or None
+            key.group = await self._group(changes.group)
+        if key.account_id and key.group:
+            raise InvalidValueError(
+                f"key {key.name!r} would be bound to an account and to a group; unbind one with --account '' "
+                "or --group ''",
+                field="group",
+            )
+
+    async def _group(self, name: str) -> str | None:
+        """A group some account is in ('' unbinds)."""
+        if not name:
+            return None
+        check_name(name, "group", field="group")
+        if not any(name in account.groups for account in await self.store.list_accounts()):
+            raise InvalidValueError(
+                f"no account is in group {name!r} (add one with `relay accounts update NAME --groups {name}`)",
+                field="group",
+            )
+        return name
 
     async def _account_id(self, name: str) -> str | None:
         if not name:

@@ -16,6 +16,7 @@ from relay_core.admin.errors import NotFoundError
 from relay_core.admin.keys import KeyAdmin
 from relay_core.admin.signin import SignInAdmin
 from relay_core.admin.web_tokens import WebTokenAdmin
+from relay_core.reports import usage_row
 from relay_core.reports import usage_rows
 from relay_core.runtime import Runtime
 
@@ -32,9 +33,15 @@ class AdminService:
         self.web_tokens = WebTokenAdmin(runtime)
 
     async def usage(
-        self, by: str, since: dt.date | None = None, until: dt.date | None = None, key_name: str | None = None
+        self,
+        by: str,
+        since: dt.date | None = None,
+        until: dt.date | None = None,
+        key_name: str | None = None,
+        every_key: bool = False,
     ) -> list[dict[str, Any]]:
-        """Usage grouped `by` key, account, model, day, hour or month; by default the last 30 days to today."""
+        """Usage grouped `by` key, account, model, day, hour or month; by default the last 30 days to today.
+        every_key: by key, a row of zeros for each key that was not used (people look for the idle ones)."""
         store = self.runtime.store
         last = until or dt.datetime.now(store.zone).date()
         first = since or last - dt.timedelta(days=DEFAULT_USAGE_DAYS)
@@ -48,4 +55,9 @@ class AdminService:
             if found is None:
                 raise NotFoundError(f"no team key named {key_name!r}")
             key_id = found.id
-        return usage_rows(await store.usage_cells(first, last), by, keys, accounts, key_id)
+        rows = usage_rows(await store.usage_cells(first, last), by, keys, accounts, key_id)
+        if every_key and by == "key":
+            used = {row["key"] for row in rows}
+            idle = [name for kid, name in keys.items() if name not in used and key_id in (None, kid)]
+            rows += [usage_row("key", name, {}) for name in sorted(idle)]
+        return rows

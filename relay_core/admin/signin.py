@@ -9,6 +9,7 @@ from relay_core import oauth
 from relay_core.admin.accounts import AccountAdmin
 from relay_core.admin.accounts import check_urls
 from relay_core.admin.errors import AdminError
+from relay_core.admin.rules import check_name
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.runtime import Runtime
@@ -26,6 +27,7 @@ class SignInAdmin:
 
     async def start(self, name: str, setup_token: bool, priority: int, weight: int, proxy: str | None) -> str:
         """The URL to sign in at; the sign-in waits, sealed in the store, for LOGIN_TTL_S."""
+        check_name(name, "account")
         check_urls(None, proxy)
         if await self.store.find_account(name) is not None:
             raise NameTakenError(f"an account named {name!r} already exists")
