@@ -14,6 +14,7 @@ import logging
 from mitmproxy import certs
 from mitmproxy import ctx
 from mitmproxy import exceptions
+from mitmproxy import tls
 
 from addons.relay_runtime import RelayRuntime
 from relay_core.listener import ListenerCertificate
@@ -34,7 +35,6 @@ class ListenerTls:
         self.entry: certs.CertStoreEntry | None = None
 
     def configure(self, updated: set[str]) -> None:
-        """Every time, not only on the options mitmproxy rebuilds its store on: a cheap identity check."""
         if not self.shared.configured():
             return
         settings = self.shared.current().settings
@@ -51,14 +51,23 @@ class ListenerTls:
                 chain_file=self.certificate.cert_path,
                 chain_certs=[certs.Cert(cert) for cert in self.certificate.chain],
             )
-        tlsconfig = ctx.master.addons.get("tlsconfig")
-        if tlsconfig is None:
+        if ctx.master.addons.get("tlsconfig") is None:
             raise exceptions.OptionsError(
                 "claude-relay cannot serve tls_cert: mitmproxy's tlsconfig addon is not loaded"
             )
-        store = getattr(tlsconfig, "certstore", None)
+        self.install()
+
+    def tls_start_client(self, _data: tls.TlsData) -> None:
+        """Again before each handshake: under mitmdump, scripts are configured before tlsconfig, which may
+        then rebuild its store without the entry; scripts' hooks also run before tlsconfig's, so this is in time."""
+        self.install()
+
+    def install(self) -> None:
+        """Put the entry into tlsconfig's current store unless it is there (an identity check: cheap)."""
+        if self.entry is None:
+            return
+        store = getattr(ctx.master.addons.get("tlsconfig"), "certstore", None)
         if store is not None and store.certs.get(ANY_SERVER_NAME) is not self.entry:
-            assert self.entry is not None
             store.add_cert(self.entry, ANY_SERVER_NAME)
 
     def running(self) -> None:
