@@ -55,18 +55,17 @@ class Supervisor:
         settings = runtime.settings
         self.listen = f"{settings.listen_host}:{pick_port(settings.listen_host, settings.listen_port)}"
         self.workers = workers
-        # Workers find the embedded store (already started) and the secret (already created) as-is, and
-        # the certificate given on the command line, if any.
+        # Workers find the embedded store (already started) and the secret (already created) as-is.
         self.env = {**os.environ, "RELAY_REDIS_URL": runtime.redis_url}
-        if settings.tls_cert is not None and settings.tls_key is not None:
-            self.env |= {
-                "RELAY_TLS_CERT": str(settings.tls_cert.resolve()),
-                "RELAY_TLS_KEY": str(settings.tls_key.resolve()),
-            }
         self.procs: list[subprocess.Popen[bytes]] = []
         self.started: list[float] = []
         self.stopping = False
         self.quick_deaths = 0
+        if settings.tls_cert is not None and settings.tls_key is not None:  # perhaps given on the command line
+            self.env |= {
+                "RELAY_TLS_CERT": str(settings.tls_cert.resolve()),
+                "RELAY_TLS_KEY": str(settings.tls_key.resolve()),
+            }
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "cli.main", "serve", "--listen", self.listen, "--shared-port"]
