@@ -11,6 +11,7 @@ from addons.error_pages import ErrorPages
 from addons.failover import Failover
 from addons.failover_stream import FailoverStream
 from addons.graceful_drain import GracefulDrain
+from addons.listener_tls import ListenerTls
 from addons.metrics import Metrics
 from addons.queue_lock import QueueLock
 from addons.recorder import Recorder
@@ -25,12 +26,14 @@ from addons.web_page import WebPage
 from relay_core.runtime import Runtime
 
 
-def relay_chain(runtime: Runtime | None = None) -> RelayChain:
+def relay_chain(runtime: Runtime | None = None, warn_plain_http: bool = True) -> RelayChain:
+    """`warn_plain_http=False`: the caller (`relay serve`) gives the plain-HTTP warning itself, once."""
     shared = RelayRuntime(runtime)
     # RelayRuntime appends FailClosedGate at the very end of mitmproxy's chain once everything is loaded.
     return RelayChain(
         [
             shared,
+            ListenerTls(shared, warn_plain_http),
             ErrorPages(),
             ConnectionCap(shared),
             ClientTimeouts(shared),

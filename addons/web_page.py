@@ -62,7 +62,10 @@ class WebPage:
             cookie=request.cookies.get(COOKIE_NAME),
             form=form,
             client=str(peer[0]) if peer else "unknown",
-            secure=request.scheme == "https" or request.headers.get("x-forwarded-proto", "") == "https",
+            # The client's own TLS (tls_cert, or mitmproxy's CA): request.scheme follows the dead-end target.
+            secure=flow.client_conn.tls_established
+            or request.scheme == "https"
+            or request.headers.get("x-forwarded-proto", "") == "https",
         )
 
     @staticmethod

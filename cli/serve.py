@@ -3,6 +3,8 @@
 mitmdump loads about thirty built-in addons and every hook visits each of them; the relay needs
 four. The reverse-proxy target is a dead end on purpose: only the router sends flows anywhere.
 With `--workers N` a supervisor (cli/workers.py) runs N of these on one SO_REUSEPORT port.
+The listening socket is bound here before the proxy starts, and the TLS certificate read, so that a
+relay that cannot serve says why in one line and exits non-zero (relay_core/listener.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,23 +34,32 @@ from addons.bundle import relay_chain
 from cli.context import CliContext
 from cli.context import pass_cli_context
 from cli.workers import Supervisor
+from relay_core.listener import ListenerError
+from relay_core.listener import bind_listener
+from relay_core.listener import check_port_free
+from relay_core.listener import load_listener_certificate
+from relay_core.listener import plain_http_warning
 from relay_core.request_log import REQUEST_LOGGER
 from relay_core.runtime import Runtime
+from relay_core.settings import Settings
 
 DEAD_END_TARGET = "http://127.0.0.1:9"
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 logger = logging.getLogger(__name__)
 
 
-async def run_proxy(runtime: Runtime) -> None:
+async def run_proxy(runtime: Runtime, sockets: list[socket.socket]) -> None:
+    """Serve on `sockets`, bound by check_listener."""
     settings = runtime.settings
+    accept_on(sockets)
     master = Master(options.Options())
     master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig())
-    master.addons.add(relay_chain(runtime))
+    master.addons.add(relay_chain(runtime, warn_plain_http=False))
     confdir = settings.data_dir / "mitmproxy"
     confdir.mkdir(parents=True, exist_ok=True)
+    port = sockets[0].getsockname()[1]
     master.options.update(
-        mode=[f"reverse:{DEAD_END_TARGET}@{settings.listen_host}:{settings.listen_port}"],
+        mode=[f"reverse:{DEAD_END_TARGET}@{settings.listen_host}:{port}"],
         connection_strategy="lazy",
         confdir=str(confdir),
     )
@@ -98,9 +110,27 @@ def raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-async def listen_with_shared_port(self: mode_servers.ReverseInstance, host: str, port: int) -> list[asyncio.Server]:
-    """ReverseInstance.listen with SO_REUSEPORT, so sibling workers can bind the same port."""
-    return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+def accept_on(sockets: list[socket.socket]) -> None:
+    """Make mitmproxy's reverse-proxy server accept on sockets bound beforehand instead of binding its own."""
+
+    async def listen(self: mode_servers.ReverseInstance, host: str, port: int) -> list[asyncio.Server]:
+        return [await asyncio.start_server(self.handle_stream, sock=sock) for sock in sockets]
+
+    mode_servers.ReverseInstance.listen = listen  # type: ignore[method-assign, assignment]
+
+
+def check_listener(settings: Settings, supervising: bool, shared_port: bool) -> list[socket.socket]:
+    """Read the TLS pair and take the port (a supervisor only checks it is free): bound sockets, or exit."""
+    try:
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            load_listener_certificate(settings.tls_cert, settings.tls_key)
+        if supervising:
+            if settings.listen_port:
+                check_port_free(settings.listen_host, settings.listen_port)
+            return []
+        return bind_listener(settings.listen_host, settings.listen_port, shared_port)
+    except ListenerError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command()
@@ -111,20 +141,47 @@ async def listen_with_shared_port(self: mode_servers.ReverseInstance, host: str,
     default=None,
     help="relay processes sharing the port (default: RELAY_WORKERS or 1)",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="serve HTTPS with this PEM certificate (intermediates after it; default: RELAY_TLS_CERT)",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="the certificate's PEM private key, no passphrase (default: RELAY_TLS_KEY)",
+)
 @click.option("--shared-port", is_flag=True, hidden=True, help="bind with SO_REUSEPORT (set by the supervisor)")
 @pass_cli_context
-def serve(context: CliContext, listen: str | None, workers: int | None, shared_port: bool) -> None:
+def serve(
+    context: CliContext,
+    listen: str | None,
+    workers: int | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    shared_port: bool,
+) -> None:
     """Run the relay."""
     run_optimized()
     configure_logging()
-    runtime = context.open_runtime(**({"listen": listen} if listen else {}))
-    workers = workers or runtime.settings.workers
-    if workers > 1 and not shared_port:
+    given = {"listen": listen, "tls_cert": tls_cert, "tls_key": tls_key}
+    overrides = {name: value for name, value in given.items() if value is not None}
+    settings = context.settings(**overrides)
+    workers = workers or settings.workers
+    supervising = workers > 1 and not shared_port
+    sockets = check_listener(settings, supervising, shared_port)
+    if not shared_port:  # once per relay, not per worker
+        port = sockets[0].getsockname()[1] if sockets else settings.listen_port
+        warning = plain_http_warning(settings.listen_host, port, tls=settings.tls_cert is not None)
+        if warning:
+            logger.warning(warning)
+    runtime = context.open_runtime(**overrides)
+    if supervising:
         raise SystemExit(Supervisor(runtime, workers).run())
-    if shared_port:
-        mode_servers.ReverseInstance.listen = listen_with_shared_port  # type: ignore[method-assign, assignment]
     raise_open_files_limit()
-    asyncio.run(run_proxy(runtime), loop_factory=loop_factory())
+    asyncio.run(run_proxy(runtime, sockets), loop_factory=loop_factory())
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 
 import click
 from mitmproxy import options
@@ -23,20 +24,23 @@ from cli.context import CliContext
 from cli.context import pass_cli_context
 from cli.serve import DEAD_END_TARGET
 from cli.serve import LOG_FORMAT
+from cli.serve import accept_on
+from cli.serve import check_listener
 from cli.serve import loop_factory
 from cli.serve import raise_open_files_limit
 from relay_core.runtime import Runtime
 
 
-async def run_web(runtime: Runtime) -> None:
+async def run_web(runtime: Runtime, sockets: list[socket.socket]) -> None:
     settings = runtime.settings
+    accept_on(sockets)
     master = WebMaster(options.Options(), with_termlog=False)
     master.addons.add(ReplayRefusal(), relay_chain(runtime), WebRedaction())
     confdir = settings.data_dir / "mitmproxy"
     confdir.mkdir(parents=True, exist_ok=True)
     web_host, _, web_port = settings.web_listen.rpartition(":")
     master.options.update(
-        mode=[f"reverse:{DEAD_END_TARGET}@{settings.listen_host}:{settings.listen_port}"],
+        mode=[f"reverse:{DEAD_END_TARGET}@{settings.listen_host}:{sockets[0].getsockname()[1]}"],
         connection_strategy="lazy",
         confdir=str(confdir),
         block_global=False,  # `relay serve` has no such check; clients may come through a load balancer
@@ -62,7 +66,9 @@ def web(context: CliContext, listen: str | None, web_listen: str | None) -> None
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no line per connection
     logging.getLogger("mitmproxy.tools.web.master").setLevel(logging.INFO)  # "Web server listening at <login URL>"
-    overrides = {"listen": listen, "web_listen": web_listen}
-    runtime = context.open_runtime(**{name: value for name, value in overrides.items() if value})
+    given = {"listen": listen, "web_listen": web_listen}
+    overrides = {name: value for name, value in given.items() if value}
+    sockets = check_listener(context.settings(**overrides), supervising=False, shared_port=False)
+    runtime = context.open_runtime(**overrides)
     raise_open_files_limit()
-    asyncio.run(run_web(runtime), loop_factory=loop_factory())
+    asyncio.run(run_web(runtime, sockets), loop_factory=loop_factory())

@@ -96,6 +96,11 @@ class Supervisor:
         self.started: list[float] = []
         self.stopping = False
         self.quick_deaths = 0
+        if settings.tls_cert is not None and settings.tls_key is not None:  # perhaps given on the command line
+            self.env |= {
+                "RELAY_TLS_CERT": str(settings.tls_cert.resolve()),
+                "RELAY_TLS_KEY": str(settings.tls_key.resolve()),
+            }
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "cli.main", "serve", "--listen", self.listen, "--shared-port"]

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pydantic import Field
 from pydantic import ValidationError
 from pydantic import field_validator
+from pydantic import model_validator
 from pydantic_settings import BaseSettings
 from pydantic_settings import PydanticBaseSettingsSource
 from pydantic_settings import SettingsConfigDict
@@ -41,6 +42,12 @@ class Settings(BaseSettings):
 
     listen: str = Field("127.0.0.1:8080", description="host:port the relay listens on")
     workers: int = Field(1, ge=1, le=256, description="relay processes sharing the listening port (SO_REUSEPORT)")
+    tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate (intermediates after it) the listener serves over HTTPS; with tls_key."
+        " Unset: TLS clients get one from mitmproxy's own CA in data_dir/mitmproxy",
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert, without a passphrase")
     redis_url: str | None = Field(
         None,
         description="Redis/Valkey URL (redis://, rediss://, unix://; a cluster: redis+cluster://host:port[,host:port...]"
@@ -228,6 +235,12 @@ class Settings(BaseSettings):
             raise ValueError(f"upstream_url must start with http:// or https://, got {value!r}")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        return self
+
     @property
     def health_rules(self) -> HealthRules:
         return HealthRules(
@@ -283,7 +296,8 @@ def check_setting_names(data: Mapping[str, Any], where: str) -> None:
 def settings_error_text(exc: ValidationError) -> str:
     """One line per bad setting, naming it, instead of pydantic's multi-line report."""
     return "; ".join(
-        f"setting {'.'.join(str(part) for part in error['loc'])}: {error['msg'].removeprefix('Value error, ')}"
+        (f"setting {'.'.join(str(part) for part in error['loc'])}: " if error["loc"] else "settings: ")
+        + error["msg"].removeprefix("Value error, ")
         for error in exc.errors()
     )
 

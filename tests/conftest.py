@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -101,8 +102,8 @@ def start_relay(relay_env: dict[str, str]) -> Iterator[Callable[..., RelayProces
     """Start extra relay processes with settings of their own; all are stopped after the test."""
     started: list[RelayProcess] = []
 
-    def start(engine: str = "serve", **env: str) -> RelayProcess:
-        process = RelayProcess({**relay_env, **env}, engine=engine).start()
+    def start(engine: str = "serve", args: Sequence[str] = (), scheme: str = "http", **env: str) -> RelayProcess:
+        process = RelayProcess({**relay_env, **env}, engine=engine, args=args, scheme=scheme).start()
         started.append(process)
         return process
 

@@ -89,8 +89,11 @@ class ClaudeCode:
     prompt; it works as root, unlike --dangerously-skip-permissions (refused as root unless IS_SANDBOX=1).
     """
 
-    def __init__(self, home: Path, cwd: Path, base_url: str, token: str, model: str) -> None:
+    def __init__(
+        self, home: Path, cwd: Path, base_url: str, token: str, model: str, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.home, self.cwd, self.base_url, self.token, self.model = home, cwd, base_url, token, model
+        self.extra_env = dict(extra_env or {})  # e.g. NODE_EXTRA_CA_CERTS for a relay serving HTTPS
         for path in (home, cwd, home / "tmp"):
             path.mkdir(parents=True, exist_ok=True)
 
@@ -118,7 +121,7 @@ class ClaudeCode:
         shell = shutil.which("bash")
         if shell:
             env["SHELL"] = shell
-        return env
+        return env | self.extra_env
 
     def run(self, prompt: str, *extra: str, timeout: float = 60) -> Run:
         args = [

@@ -20,21 +20,30 @@ WORKERS = 2
 class RelayProcess:
     """One relay process on a free loopback port; its output is kept for assertions."""
 
-    def __init__(self, env: dict[str, str], engine: str = "serve", extra_scripts: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        engine: str = "serve",
+        extra_scripts: Sequence[Path] = (),
+        args: Sequence[str] = (),
+        scheme: str = "http",
+    ) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.engine = engine
         self.extra_scripts = list(extra_scripts)
+        self.args = list(args)  # more `relay serve` / `relay web` options, e.g. --tls-cert FILE
+        self.scheme = scheme  # of `url`: https when the relay was given a certificate
         self.output: list[str] = []
         self.port: int | None = None
         self._proc: subprocess.Popen[str] | None = None
 
     def command(self) -> list[str]:
         if self.engine == "serve":
-            return [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0"]
+            return [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0", *self.args]
         if self.engine == "workers":  # two processes on one SO_REUSEPORT port: state must be shared
-            return [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0", "--workers", str(WORKERS)]
+            return [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0", "--workers", str(WORKERS), *self.args]
         if self.engine == "web":  # under mitmweb; RELAY_WEB_LISTEN says where its UI listens
-            return [str(BIN / "relay"), "web", "--listen", "127.0.0.1:0"]
+            return [str(BIN / "relay"), "web", "--listen", "127.0.0.1:0", *self.args]
         confdir = Path(self.env["RELAY_DATA_DIR"]) / "mitmproxy"
         command = [
             str(BIN / "mitmdump"),
@@ -51,7 +60,7 @@ class RelayProcess:
         ]
         for script in self.extra_scripts:
             command += ["-s", str(script)]
-        return command
+        return command + self.args
 
     def start(self, timeout: float = 30) -> RelayProcess:
         self._proc = subprocess.Popen(
@@ -82,7 +91,7 @@ class RelayProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
