@@ -32,6 +32,7 @@ from relay_core.settings import CONFIG_FILE_ENV
 from relay_core.settings import Settings
 from relay_core.store import Store
 from relay_core.store import StoreError
+from relay_core.store.embedded import StoreLease
 from relay_core.store.embedded import ensure_embedded_store
 from relay_core.store.embedded import is_running
 from relay_core.token_refresh import TokenRefresher
@@ -57,7 +58,12 @@ def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis_url = settings.redis_url or ensure_embedded_store(settings.data_dir)
+        # No Redis URL: this process uses the data dir's embedded store, and stops it when the last user goes.
+        self.store_lease: StoreLease | None = None
+        self.redis_url = settings.redis_url
+        if not self.redis_url:
+            self.store_lease = StoreLease(settings.data_dir)
+            self.redis_url = self.store_lease.url
         self.keyring = Keyring(load_or_create_secret(settings.secret_key, settings.data_dir))
         self.store = Store(
             self.redis_url,
@@ -174,3 +180,9 @@ class Runtime:
         await self.queue.close()
         await self.leases.close()
         await self.store.close()
+        self.release_store()
+
+    def release_store(self) -> None:
+        """Give up this process's use of the embedded store (the last user stops it); idempotent."""
+        if self.store_lease is not None:
+            self.store_lease.release()
