@@ -13,11 +13,13 @@ from cli.keys import keys
 from cli.serve import serve
 from cli.store import store
 from cli.usage import usage
+from cli.version import version_option
 from cli.web import web
 from cli.web_tokens import web_token
 
 
 @click.group()
+@version_option
 @click.option(
     "--config",
     type=click.Path(dir_okay=False),

@@ -125,6 +125,8 @@ def serve(context: CliContext, listen: str | None, workers: int | None, shared_p
         mode_servers.ReverseInstance.listen = listen_with_shared_port  # type: ignore[method-assign, assignment]
     raise_open_files_limit()
     asyncio.run(run_proxy(runtime), loop_factory=loop_factory())
+    if runtime.refused:  # logged already; a service manager must see the failure
+        raise SystemExit(1)
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -59,11 +59,8 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         # No Redis URL: this process uses the data dir's embedded store, and stops it when the last user goes.
-        self.store_lease: StoreLease | None = None
-        self.redis_url = settings.redis_url
-        if not self.redis_url:
-            self.store_lease = StoreLease(settings.data_dir)
-            self.redis_url = self.store_lease.url
+        self.store_lease = None if settings.redis_url else StoreLease(settings.data_dir)
+        self.redis_url: str = self.store_lease.url if self.store_lease else settings.redis_url or ""
         self.keyring = Keyring(load_or_create_secret(settings.secret_key, settings.data_dir))
         self.store = Store(
             self.redis_url,
@@ -80,6 +77,7 @@ class Runtime:
         self.refresher = TokenRefresher(self.store, self.keyring, settings, self.events.publish)
         self.quota = QuotaPoller(self.store, self.keyring, settings, self.refresher)
         self.journal = UsageJournal(self.store, settings.health_rules, settings.usage_retention_days)
+        self.refused: str | None = None  # why this relay refused to start (the store's schema, the secret)
         self.draining = False  # set on SIGTERM: new requests are refused while running ones finish
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: asyncio.Task[None] | None = None
@@ -88,7 +86,9 @@ class Runtime:
         self._quota_poll: asyncio.Task[None] | None = None
 
     async def check_secret(self) -> None:
-        """Refuse a server secret other than the one the store's keys and tokens were made with."""
+        """Refuse a store this code cannot use (a newer schema: SchemaError, a StoreError) and a server secret
+        other than the one the store's keys and tokens were made with; migrate an older schema first."""
+        await self.store.check_schema()
         stored = await self.store.claim_secret_fingerprint(self.keyring.fingerprint)
         if stored != self.keyring.fingerprint:
             raise SecretMismatchError(

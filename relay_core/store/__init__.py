@@ -26,6 +26,7 @@ from relay_core.store.meta import SecretFingerprint
 from relay_core.store.quota import QuotaReadings
 from relay_core.store.rate_lock import RateLock
 from relay_core.store.refresh_lock import RefreshLock
+from relay_core.store.schema import SchemaVersion
 from relay_core.store.usage import Usage
 from relay_core.store.web import WebAccess
 
@@ -33,6 +34,7 @@ __all__ = ["NameTakenError", "Store", "StoreError", "connect"]
 
 
 class Store(
+    SchemaVersion,
     SecretFingerprint,
     TeamKeys,
     Accounts,
