@@ -27,6 +27,7 @@ from relay_core.store.quota import QuotaReadings
 from relay_core.store.rate_lock import RateLock
 from relay_core.store.refresh_lock import RefreshLock
 from relay_core.store.schema import SchemaVersion
+from relay_core.store.snapshot import Snapshots
 from relay_core.store.usage import Usage
 from relay_core.store.web import WebAccess
 
@@ -49,5 +50,6 @@ class Store(
     QuotaReadings,
     Alerts,
     WebAccess,
+    Snapshots,
 ):
     """Redis/Valkey behind one prefix: `Store(url, prefix, timezone, timeout_ms, max_connections)`."""
