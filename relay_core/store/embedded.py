@@ -231,6 +231,10 @@ class StoreLease:
         if self._fd is None:
             return
         atexit.unregister(self.release)
+        if not self.path.parent.exists():  # the data dir was removed: nothing left to stop, nothing to recreate
+            os.close(self._fd)
+            self._fd = None
+            return
         try:
             with _start_lock(self.data_dir):
                 self._drop()
