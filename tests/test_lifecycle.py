@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.metadata
 import json
@@ -28,6 +27,7 @@ from cli.main import main
 from relay_core.crypto import SECRET_FILE_NAME
 from relay_core.store import Store
 from relay_core.store.client import StoreClient
+from relay_core.store.embedded import StoreLease
 from relay_core.store.embedded import live_leases
 from relay_core.store.embedded import server_pid
 from relay_core.store.embedded import stop_embedded_store
@@ -355,14 +355,13 @@ def test_the_store_stops_with_the_last_relay_and_not_before(
 def test_relay_store_stop_stops_it_by_hand(data_dirs: Callable[[], Path], relay_env: dict[str, str]) -> None:
     data_dir = data_dirs()
     env = embedded_env(data_dir, relay_env)
-
-    async def hold() -> None:
-        from relay_core.store.embedded import StoreLease
-
-        lease = StoreLease(data_dir)
+    lease = StoreLease(data_dir)  # as a relay of this test process
+    try:
         assert len(valkey_servers_of(data_dir)) == 1
+        status = json.loads(relay_cli(env, "store", "status", "--format", "json").stdout)
+        assert status["running"] is True and status["users"] == 1
         assert relay_cli(env, "store", "stop").stdout.strip() == "stopped"
         assert valkey_servers_of(data_dir) == []
+    finally:
         lease.release()
-
-    asyncio.run(hold())
+    assert live_leases(data_dir) == 0

@@ -192,6 +192,8 @@ def _live_leases(data_dir: Path) -> int:
 
 def live_leases(data_dir: Path) -> int:
     """The processes (relays, CLI commands) using the data dir's store now."""
+    if not _leases_dir(data_dir).is_dir():
+        return 0
     with _start_lock(data_dir):
         return _live_leases(data_dir)
 
