@@ -209,6 +209,7 @@ class StoreLease:
 
     def __init__(self, data_dir: Path, timeout: float = 10.0) -> None:
         self.data_dir = data_dir
+        self._owner = os.getpid()  # a forked child shares the lock but must not give the lease up
         with _start_lock(data_dir):
             directory = _leases_dir(data_dir)
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -230,7 +231,7 @@ class StoreLease:
 
     def release(self) -> None:
         """Give the lease up; the last one stops the server. Idempotent."""
-        if self._fd is None:
+        if self._fd is None or os.getpid() != self._owner:
             return
         atexit.unregister(self.release)
         if not self.path.parent.exists():  # the data dir was removed: nothing left to stop, nothing to recreate
