@@ -177,6 +177,7 @@ async def test_migrations_run_in_order_once_each_and_stamp_every_step(relay_env:
         await store.close()
 
 
+@pytest.mark.e2e
 def test_a_newer_schema_is_refused_by_the_cli_and_by_serve(relay_env: dict[str, str]) -> None:
     env = prefixed(relay_env)
     assert in_process(env, "keys", "create", "alice")[0] == 0
@@ -309,6 +310,7 @@ def test_restore_refuses_another_secret_and_a_missing_one(
 # ---------------------------------------------------------------- the embedded store's lifetime
 
 
+@pytest.mark.e2e
 def test_a_cli_command_stops_the_store_it_started(data_dirs: Callable[[], Path], relay_env: dict[str, str]) -> None:
     data_dir = data_dirs()
     env = embedded_env(data_dir, relay_env)
@@ -352,6 +354,7 @@ def test_the_store_stops_with_the_last_relay_and_not_before(
     assert valkey_servers_of(data_dir) == []
 
 
+@pytest.mark.e2e
 def test_relay_store_stop_stops_it_by_hand(data_dirs: Callable[[], Path], relay_env: dict[str, str]) -> None:
     data_dir = data_dirs()
     env = embedded_env(data_dir, relay_env)
