@@ -55,6 +55,7 @@ class RelayRuntime:
             await self.current().check_secret()
         except (SecretMismatchError, StoreError) as exc:
             logger.error("claude-relay cannot start: %s", exc)
+            self.current().refused = str(exc)  # `relay serve` exits non-zero on it
             ctx.master.shutdown()
             return
         self.current().start_background()

@@ -70,6 +70,7 @@ class CliContext:
                 return await operation(AdminService(runtime))
             finally:
                 await runtime.store.close()
+                runtime.release_store()  # a command that started the embedded store stops it, unless a relay uses it
 
         try:
             return asyncio.run(main())

@@ -6,6 +6,8 @@ import click
 
 from cli.accounts import accounts
 from cli.alerts import alerts
+from cli.backup import backup
+from cli.backup import restore
 from cli.context import CliContext
 from cli.doctor import doctor
 from cli.doctor import status
@@ -13,11 +15,13 @@ from cli.keys import keys
 from cli.serve import serve
 from cli.store import store
 from cli.usage import usage
+from cli.version import version_option
 from cli.web import web
 from cli.web_tokens import web_token
 
 
 @click.group()
+@version_option
 @click.option(
     "--config",
     type=click.Path(dir_okay=False),
@@ -41,6 +45,8 @@ main.add_command(status)
 main.add_command(doctor)
 main.add_command(store)
 main.add_command(alerts)
+main.add_command(backup)
+main.add_command(restore)
 
 
 if __name__ == "__main__":

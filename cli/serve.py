@@ -182,6 +182,8 @@ def serve(
         raise SystemExit(Supervisor(runtime, workers).run())
     raise_open_files_limit()
     asyncio.run(run_proxy(runtime, sockets), loop_factory=loop_factory())
+    if runtime.refused:  # logged already; a service manager must see the failure
+        raise SystemExit(1)
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -11,6 +11,7 @@ from cli.context import pass_cli_context
 from cli.output import emit_record
 from cli.output import format_option
 from relay_core.settings import Settings
+from relay_core.store.embedded import live_leases
 from relay_core.store.embedded import server_pid
 from relay_core.store.embedded import socket_path
 from relay_core.store.embedded import stop_embedded_store
@@ -39,6 +40,7 @@ def store_status(context: CliContext, fmt: str) -> None:
         {
             "running": pid is not None,
             "pid": pid,
+            "users": live_leases(settings.data_dir),  # relays and commands holding it; the last one stops it
             "socket": str(socket_path(settings.data_dir)),
             "data_dir": str(settings.data_dir),
         },
@@ -51,7 +53,9 @@ def store_status(context: CliContext, fmt: str) -> None:
 @store.command("stop")
 @pass_cli_context
 def store_stop(context: CliContext) -> None:
-    """Shut the store server down, saving its data. A running relay starts it again within a second."""
+    """Shut the store server down, saving its data. A running relay starts it again within a second.
+
+    Seldom needed: the last relay or command using the store stops it when it ends."""
     settings = _embedded(context)
     if stop_embedded_store(settings.data_dir):
         click.echo("stopped")

@@ -33,6 +33,7 @@ from relay_core.settings import CONFIG_FILE_ENV
 from relay_core.settings import Settings
 from relay_core.store import Store
 from relay_core.store import StoreError
+from relay_core.store.embedded import StoreLease
 from relay_core.store.embedded import ensure_embedded_store
 from relay_core.store.embedded import is_running
 from relay_core.token_refresh import TokenRefresher
@@ -58,7 +59,9 @@ def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis_url = settings.redis_url or ensure_embedded_store(settings.data_dir)
+        # No Redis URL: this process uses the data dir's embedded store, and stops it when the last user goes.
+        self.store_lease = None if settings.redis_url else StoreLease(settings.data_dir)
+        self.redis_url: str = self.store_lease.url if self.store_lease else settings.redis_url or ""
         self.keyring = Keyring(load_or_create_secret(settings.secret_key, settings.data_dir))
         self.store = Store(
             self.redis_url,
@@ -74,6 +77,7 @@ class Runtime:
         self.events.subscribe(self.alerter)
         self.refresher = TokenRefresher(self.store, self.keyring, settings, self.events.publish)
         self.quota = QuotaPoller(self.store, self.keyring, settings, self.refresher)
+        self.refused: str | None = None  # why this relay refused to start (the store's schema, the secret)
         self.draining = False  # set on SIGTERM: new requests are refused while running ones finish
         self.presence = Presence(settings, self.keyring.fingerprint, lambda: self.draining)
         self.journal = UsageJournal(
@@ -86,7 +90,9 @@ class Runtime:
         self._quota_poll: asyncio.Task[None] | None = None
 
     async def check_secret(self) -> None:
-        """Refuse a server secret other than the one the store's keys and tokens were made with."""
+        """Refuse a store this code cannot use (a newer schema: SchemaError, a StoreError) and a server secret
+        other than the one the store's keys and tokens were made with; migrate an older schema first."""
+        await self.store.check_schema()
         stored = await self.store.claim_secret_fingerprint(self.keyring.fingerprint)
         if stored != self.keyring.fingerprint:
             raise SecretMismatchError(
@@ -178,3 +184,9 @@ class Runtime:
         await self.queue.close()
         await self.leases.close()
         await self.store.close()
+        self.release_store()
+
+    def release_store(self) -> None:
+        """Give up this process's use of the embedded store (the last user stops it); idempotent."""
+        if self.store_lease is not None:
+            self.store_lease.release()

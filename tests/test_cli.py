@@ -12,6 +12,8 @@ import redis
 from click.testing import CliRunner
 
 from cli.main import main
+from relay_core.store.embedded import ensure_embedded_store
+from relay_core.store.embedded import is_running
 from relay_core.store.embedded import socket_path
 from relay_core.store.embedded import stop_embedded_store
 from tests.support.relay_process import RelayProcess
@@ -34,6 +36,7 @@ def relay(*args: str) -> str:
 
 
 def raw_store_dump(data_dir: Path) -> bytes:
+    ensure_embedded_store(data_dir)  # each command stops the store it started
     client = redis.Redis(unix_socket_path=str(socket_path(data_dir)))
     dump = b""
     for name in client.keys("*"):
@@ -112,6 +115,8 @@ def test_accounts_never_print_or_store_their_secrets_in_clear(data_dir: Path) ->
 
 def test_embedded_store_persists_across_restarts(data_dir: Path) -> None:
     relay("keys", "create", "persisted")
+    assert not is_running(data_dir)  # the command stopped the store it started
+    ensure_embedded_store(data_dir)
     assert stop_embedded_store(data_dir)
     assert not socket_path(data_dir).exists() or not stop_embedded_store(data_dir)
     assert [k["name"] for k in json.loads(relay("keys", "list", "--format", "json"))] == ["persisted"]

@@ -31,6 +31,7 @@ from relay_core.records import UsageRecord
 from relay_core.settings import Settings
 from relay_core.store import Store
 from relay_core.store import connect
+from relay_core.store.migrations import SCHEMA_VERSION
 from relay_core.usage import TokenUsage
 from tests import test_limits_e2e
 from tests import test_oauth_accounts
@@ -197,3 +198,31 @@ async def test_every_store_operation_works_on_whichever_node_owns_the_slot(
         assert client.keys(store.tag + ":*")  # usage, health, spend: on the node that owns the slot
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("node", range(3), ids=lambda node: f"node{node}")
+async def test_schema_backup_and_restore_on_whichever_node_owns_the_slot(cluster: ValkeyCluster, node: int) -> None:
+    """The snapshot and restore scripts SCAN inside the server: routed by the meta key, they run on the
+    node of the prefix's slot, which holds every key of the prefix."""
+    store = Store(cluster.url_all_nodes, prefix=prefix_on(cluster, node, base="snap"))
+    try:
+        assert await store.check_schema() == SCHEMA_VERSION
+        await store.create_key(TeamKey(name="alice", key_hash="h1", hint="rk-"))
+        await store.redis.set(store.first_use_key("k1"), "1", px=600_000)
+        dumped = await store.snapshot()
+        names = {d.name for d in dumped}
+        assert {store.k_meta, store.k_keys, store.first_use_key("k1")} <= names
+        assert all(name.startswith(store.tag + ":") for name in names)
+        assert 0 < next(d.pttl_ms for d in dumped if d.name == store.first_use_key("k1")) <= 600_000
+
+        assert await store.restore_snapshot(dumped, replace=False) == len(dumped)  # not empty: nothing written
+        for name in names:
+            await store.redis.delete(name)
+        assert await store.restore_snapshot(dumped, replace=False) == 0
+        assert [k.name for k in await store.list_keys()] == ["alice"]
+        assert await store.schema_version() == SCHEMA_VERSION
+        assert 0 < await store.redis.pttl(store.first_use_key("k1")) <= 600_000
+    finally:
+        for dumped_key in await store.snapshot():
+            await store.redis.delete(dumped_key.name)
+        await store.close()

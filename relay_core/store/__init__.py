@@ -27,6 +27,8 @@ from relay_core.store.meta import SecretFingerprint
 from relay_core.store.quota import QuotaReadings
 from relay_core.store.rate_lock import RateLock
 from relay_core.store.refresh_lock import RefreshLock
+from relay_core.store.schema import SchemaVersion
+from relay_core.store.snapshot import Snapshots
 from relay_core.store.usage import Usage
 from relay_core.store.web import WebAccess
 
@@ -34,6 +36,7 @@ __all__ = ["NameTakenError", "Store", "StoreError", "connect"]
 
 
 class Store(
+    SchemaVersion,
     SecretFingerprint,
     TeamKeys,
     Accounts,
@@ -49,5 +52,6 @@ class Store(
     Alerts,
     WebAccess,
     Gauges,
+    Snapshots,
 ):
     """Redis/Valkey behind one prefix: `Store(url, prefix, timezone, timeout_ms, max_connections)`."""

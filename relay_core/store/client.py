@@ -114,7 +114,9 @@ class StoreClient(KeyNames):
         except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
             raise StoreError(str(exc) or type(exc).__name__) from exc
 
-    async def _run(self, script: tuple[str, ...], keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
+    async def _run(
+        self, script: tuple[str, ...], keys: Sequence[str], args: Sequence[str | int | float | bytes]
+    ) -> Any:
         """One call of the Lua files `script` (joined in order), registered with the client on first use."""
         registered = self._scripts.get(script)
         if registered is None:

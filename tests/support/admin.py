@@ -31,6 +31,7 @@ class Admin:
                 return await operation(runtime)
             finally:
                 await runtime.store.close()
+                runtime.release_store()
 
         return asyncio.run(main())
 
