@@ -26,7 +26,7 @@ from relay_core.settings import Settings
 from relay_core.store import Store
 from relay_core.store import StoreError
 from relay_core.store.embedded import EmbeddedStoreError
-from relay_core.store.embedded import ensure_embedded_store
+from relay_core.store.embedded import StoreLease
 
 USAGE_LOOKBACK_DAYS = 30  # the prices check looks at the models of this many days of usage
 
@@ -45,8 +45,13 @@ class StoreFacts:
 
 async def read_store(settings: Settings) -> StoreFacts:
     """Ping the store and read what the other checks need, without writing anything."""
+    lease = None
     try:
-        url = settings.redis_url or ensure_embedded_store(settings.data_dir)
+        if settings.redis_url:
+            url = settings.redis_url
+        else:  # a lease, so the store doctor started stops with it unless a relay uses it
+            lease = StoreLease(settings.data_dir)
+            url = lease.url
     except EmbeddedStoreError as exc:
         log = settings.data_dir / "valkey" / "valkey.log"
         return StoreFacts(Check("store", Level.FAIL, f"embedded Valkey: {exc}", f"see {log}, or set RELAY_REDIS_URL"))
@@ -75,6 +80,8 @@ async def read_store(settings: Settings) -> StoreFacts:
         facts = StoreFacts(Check("store", Level.FAIL, f"{shown} unreachable: {reason}", f"start it or correct {where}"))
     finally:
         await store.close()
+        if lease is not None:
+            lease.release()
     return facts
 
 
