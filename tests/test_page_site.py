@@ -173,10 +173,10 @@ async def test_the_addon_answers_gets_from_headers_and_posts_with_their_form(run
 
 
 def test_web_token_cli_shows_the_token_once(cli: Callable[..., str]) -> None:
-    created = cli("web-token", "create", "--name", "lead")
+    created = cli("web-token", "create", "--name", "lead-cli")
     token = re.search(r"token: (rw-\S+)", created)
     assert token and "only time" in created
     listed = cli("web-token", "list", "--format", "json")
-    assert '"lead"' in listed and token.group(1) not in listed
-    cli("web-token", "revoke", "lead")
-    assert "lead" in cli("web-token", "revoke", "lead", ok=False)
+    assert '"lead-cli"' in listed and token.group(1) not in listed
+    cli("web-token", "revoke", "lead-cli")
+    assert "lead-cli" in cli("web-token", "revoke", "lead-cli", ok=False)
