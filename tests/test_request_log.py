@@ -50,7 +50,9 @@ def test_control_characters_in_a_logged_value_cannot_forge_a_log_line(
 ) -> None:
     relay = start_relay(RELAY_REQUEST_LOG=style)
     forged = "alice\nrelay.requests: request_id=forged key=admin status=200\x00 \u2028tail"
-    key = admin.create_key(forged)  # key names are an admin's free text
+    key = admin.create_key("alice")
+    # stored as an older relay allowed it (names were an admin's free text); the admin refuses such names now
+    admin.update_key("alice", lambda record: setattr(record, "name", forged))
     admin.add_account("console-1", "sk-ant-api03-k")
     client = anthropic.Anthropic(base_url=relay.url, auth_token=key, max_retries=0)
     client.messages.create(model="claude-sonnet-4-5", max_tokens=5, messages=MESSAGES)
