@@ -19,12 +19,15 @@ import time
 from mitmproxy import http
 
 from addons.common import state_of
+from addons.recorder import answered_usage
+from addons.recorder import broken_usage
 from addons.relay_runtime import RelayRuntime
 from relay_core.errors import RelayError
 from relay_core.flow_state import FlowState
 from relay_core.health import AccountHealth
 from relay_core.health import AccountState
 from relay_core.health import Outcome
+from relay_core.metering import charge_of
 from relay_core.metering import record_from_body
 from relay_core.runtime import Runtime
 from relay_core.scheduler import choose_account
@@ -56,18 +59,34 @@ class Failover:
         health = _health_after(state, outcome)
         if not same_account and not _another_serves(state, health):
             return  # the answer goes on; the response (or error) hooks give the client today's answer
-        try:
-            await runtime.store.record_completion(
-                account.id, outcome, runtime.settings.health_rules, None, runtime.settings.usage_retention_days
-            )
-        except StoreError as exc:
-            logger.error("could not record account %r's failure: %s", account.name, exc)
+        await self._record_attempt(flow, state, outcome, runtime)
         logger.warning("account %r failed (%s); sending the request to another account", account.name, outcome.reason)
         runtime.publish_outcome(account, outcome, state.health.get(account.id))  # the Recorder sees the last only
         if state.meter is not None:
             runtime.journal.forget(state.request_id)
         state.health = health
         state.next_attempt(failed=not same_account)
+
+    @staticmethod
+    async def _record_attempt(flow: http.HTTPFlow, state: FlowState, outcome: Outcome, runtime: Runtime) -> None:
+        """The failed attempt, as the Recorder would have written it: the account's health, and a request for
+        the account and key (an error answer costs nothing; a stream cut before `message_start` its input
+        estimate). The request's budget reservation stays for the next attempt."""
+        assert state.account is not None and state.key is not None
+        settings = runtime.settings
+        if flow.error is not None or flow.response is None:
+            usage = broken_usage(flow, state, settings.price_overrides)
+        else:
+            usage = answered_usage(flow, state, settings.price_overrides)
+        charge = charge_of(state.key, usage, runtime.store.zone) if usage is not None else None
+        try:
+            completion = await runtime.store.record_completion(
+                state.account.id, outcome, settings.health_rules, usage, settings.usage_retention_days, charge=charge
+            )
+        except StoreError as exc:
+            logger.error("could not record account %r's failure: %s", state.account.name, exc)
+            return
+        runtime.publish_spend(state.key, charge, completion)
 
     @staticmethod
     def _judge(flow: http.HTTPFlow, state: FlowState, runtime: Runtime) -> Outcome:

@@ -63,6 +63,28 @@ def _body_size(flow: http.HTTPFlow) -> int:
     return len(flow.request.raw_content or b"")
 
 
+def answered_usage(flow: http.HTTPFlow, state: FlowState, overrides: dict[str, dict[str, float]]) -> UsageRecord | None:
+    """What an upstream answer cost: what it showed, or the input estimate when it showed nothing; error
+    answers are not billed. None for routes that are not metered. (Also a failed-over attempt's record.)"""
+    if not state.route.is_metered or flow.response is None:
+        return None
+    status = flow.response.status_code
+    received = _body_size(flow) if status < 400 else 0
+    if state.meter is not None:
+        return record_from_stream(state, state.meter, status, True, overrides, received)
+    # undecodable content stays as it came: then only the estimate counts
+    return record_from_body(state, flow.response.get_content(strict=False), status, overrides, received)
+
+
+def broken_usage(flow: http.HTTPFlow, state: FlowState, overrides: dict[str, dict[str, float]]) -> UsageRecord | None:
+    """What an exchange that broke cost: what its stream already showed, else the input estimate when the
+    upstream received the request. None for routes that are not metered."""
+    if not state.route.is_metered:
+        return None
+    meter = state.meter or state.protocol.stream_meter("")
+    return record_from_stream(state, meter, 502, False, overrides, _body_size(flow) if was_dispatched(flow) else 0)
+
+
 class Recorder:
     def __init__(self, shared: RelayRuntime) -> None:
         self.shared = shared
@@ -105,16 +127,7 @@ class Recorder:
         if state is None or flow.response is None:
             self._forget(flow)
             return
-        settings = self.shared.current().settings
-        status = flow.response.status_code
-        usage = None
-        if state.route.is_metered:
-            received = _body_size(flow) if status < 400 else 0  # error answers are not billed
-            if state.meter is not None:
-                usage = record_from_stream(state, state.meter, status, True, settings.price_overrides, received)
-            else:  # undecodable content stays as it came: then only the estimate counts
-                body = flow.response.get_content(strict=False)
-                usage = record_from_body(state, body, status, settings.price_overrides, received)
+        usage = answered_usage(flow, state, self.shared.current().settings.price_overrides)
         await self._record(state, usage, state.outcome)
 
     def _publish_outcome(self, flow: http.HTTPFlow) -> None:
@@ -135,12 +148,7 @@ class Recorder:
         client_gone = flow.error is not None and "client disconnected" in flow.error.msg.lower()
         if client_gone and not dispatched:
             return
-        settings = self.shared.current().settings
-        usage = None
-        if state.route.is_metered:
-            meter = state.meter or state.protocol.stream_meter("")
-            received = _body_size(flow) if dispatched else 0
-            usage = record_from_stream(state, meter, 502, False, settings.price_overrides, received)
+        usage = broken_usage(flow, state, self.shared.current().settings.price_overrides)
         upstream_failed = flow.response is None and not client_gone
         await self._record(
             state,

@@ -191,7 +191,8 @@ async def test_an_attempt_that_failed_unseen_is_routed_anew_after_its_account_s_
     stored = await health_of(runtime, limited)
     assert stored.cooling_until("sonnet", time.time()) == pytest.approx(int(reset), abs=1)
     assert flow_state.health[limited.id].cooling_until("sonnet", time.time()) is not None
-    assert await usage_totals(runtime) == {}  # the client's request is recorded once, by its final answer
+    totals = await usage_totals(runtime)  # the failed attempt counts for its account and key, at no cost
+    assert totals["requests"] == 1 and totals["errors"] == 1 and totals["input_tokens"] == 0
 
 
 async def test_an_attempt_with_no_other_account_goes_on_to_today_s_answers(runtime: Runtime) -> None:
