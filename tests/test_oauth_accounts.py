@@ -26,6 +26,7 @@ from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import new_id
 from tests.support.admin import Admin
+from tests.support.admin import add_signed_in_account
 from tests.support.fake_oauth import FULL_SCOPES
 from tests.support.fake_oauth import REFRESH_SCOPES
 from tests.support.fake_oauth import FakeOAuth
@@ -67,22 +68,6 @@ class TokenCheckingUpstream:
         if token in self.expired or token not in self.oauth._access_tokens:
             return Reply(status=401, body=EXPIRED)
         return Reply(body=message_json(MODEL, {"input_tokens": 3, "output_tokens": 2}))
-
-
-def add_signed_in_account(
-    admin: Admin, oauth: FakeOAuth, name: str, expires_in: float, **fields
-) -> tuple[Account, dict]:
-    """Like Admin.add_account, it serves the SDK clients these tests use (allow_other_clients)."""
-    issued = oauth.issue_tokens()
-    account = admin.add_account(
-        name,
-        issued["access_token"],
-        kind="oauth",
-        refresh_token=issued["refresh_token"],
-        expires_at=time.time() + expires_in,
-        **fields,
-    )
-    return account, issued
 
 
 def stored_account(admin: Admin, name: str) -> Account:

@@ -20,6 +20,7 @@ from relay_core.quota import usage_fields
 from relay_core.runtime import Runtime
 from relay_core.settings import Settings
 from tests.support.admin import Admin
+from tests.support.admin import add_signed_in_account
 from tests.support.fake_oauth import FakeOAuth
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.relay_process import RelayProcess
@@ -64,15 +65,7 @@ def on_two_relays[T](settings: Settings, operation: Callable[[list[Runtime]], Aw
 
 
 def signed_in(admin: Admin, oauth: FakeOAuth, name: str, **fields) -> tuple[Account, str]:
-    issued = oauth.issue_tokens()
-    account = admin.add_account(
-        name,
-        issued["access_token"],
-        kind="oauth",
-        refresh_token=issued["refresh_token"],
-        expires_at=time.time() + 3600,
-        **fields,
-    )
+    account, issued = add_signed_in_account(admin, oauth, name, **fields)
     return account, issued["access_token"]
 
 

@@ -17,6 +17,7 @@ from relay_core.models import TeamKey
 from relay_core.reports import usage_rows
 from relay_core.runtime import Runtime
 from relay_core.settings import Settings
+from tests.support.fake_oauth import FakeOAuth
 
 
 class Admin:
@@ -137,3 +138,19 @@ class Admin:
             return await rt.store.count_leases(rt.store.account_leases(account.id))
 
         return self._run(op)
+
+
+def add_signed_in_account(
+    admin: Admin, oauth: FakeOAuth, name: str, expires_in: float = 3600, **fields: Any
+) -> tuple[Account, dict[str, Any]]:
+    """Like Admin.add_account, it serves the SDK clients these tests use (allow_other_clients)."""
+    issued = oauth.issue_tokens()
+    account = admin.add_account(
+        name,
+        issued["access_token"],
+        kind="oauth",
+        refresh_token=issued["refresh_token"],
+        expires_at=time.time() + expires_in,
+        **fields,
+    )
+    return account, issued
