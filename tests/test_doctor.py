@@ -192,6 +192,9 @@ def test_wrong_secret_fails_and_status_writes_nothing(
 def test_dead_upstream_fails_doctor_not_status(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     dead_default, dead_base = f"http://127.0.0.1:{closed_port()}", f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("RELAY_UPSTREAM_URL", dead_default)
+    # A prefix of its own: a relay still running from another test (the session's `relay`) records itself
+    # under the shared prefix, and doctor then probes that relay's upstream instead of this shell's.
+    monkeypatch.setenv("RELAY_KEY_PREFIX", f"doctor-dead-{secrets.token_hex(4)}")
     ok("keys", "create", "alice")
     ok("accounts", "add-console", "default-route", "--api-key", API_KEY)
     ok("accounts", "add-console", "own-route", "--api-key", API_KEY, "--base-url", dead_base)

@@ -182,7 +182,11 @@ def test_no_lock_or_lease_outlives_chaos(start_relay, admin: Admin, upstream: Fa
     """200 requests, random client hang-ups mid-stream and random upstream deaths: all locks and leases return."""
     import json
 
-    relay = start_relay(engine, USER_MESSAGE_QUEUE_DELAY_MS="5", USER_MESSAGE_QUEUE_TIMEOUT_MS="3000")
+    # No failure streak rests an account here: with failover a 500 reaches both accounts, and resting them
+    # would turn most of the run into 429s from the router instead of locks and leases under chaos.
+    relay = start_relay(
+        engine, USER_MESSAGE_QUEUE_DELAY_MS="5", USER_MESSAGE_QUEUE_TIMEOUT_MS="3000", RELAY_FAILURE_STREAK="1000"
+    )
     key = admin.create_key("team")
     admin.set_key_concurrency("team", 8)
     accounts = [admin.add_account(f"max-{n}", f"sk-ant-oat01-{n}", kind="oauth") for n in range(2)]
@@ -227,7 +231,7 @@ def test_no_lock_or_lease_outlives_chaos(start_relay, admin: Admin, upstream: Fa
     # Both mechanisms were exercised: requests went upstream, the key's lease limit refused some.
     assert 200 in statuses
     assert 429 in statuses
-    assert len(upstream.requests) >= 20, Counter(statuses)  # 500 streaks rest accounts: how many go up varies
+    assert len(upstream.requests) >= 40, Counter(statuses)
 
 
 def test_a_lease_outlives_its_ttl_while_the_stream_runs(start_relay, admin: Admin, upstream: FakeUpstream) -> None:
