@@ -4,6 +4,7 @@ request and at most four store round trips per request. Its timings are printed,
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,20 @@ def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
         if "store round trips" in name:
             assert 1 <= row["relay"] <= 4, (name, row)
     assert "relay vs direct" in run.stdout
+
+
+def test_compare_measures_each_tree_under_the_same_load() -> None:
+    """`bench.compare` runs one relay per tree at once; here the same tree twice, so both lines come out."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.compare", "--rounds", "2", "--seconds", "0.5", f"one={ROOT}", f"two={ROOT}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    for label in ("one", "two"):
+        line = next(line for line in lines if line.strip().startswith(f"{label} "))
+        plain, stream = (float(value) for value in re.findall(r"(?:plain|stream) ([0-9.]+) ms", line))
+        assert 0 < plain < stream * 10 and stream > 0, line
