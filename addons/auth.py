@@ -23,17 +23,6 @@ from relay_core.store import StoreError
 logger = logging.getLogger(__name__)
 
 
-def presented_key(headers: http.Headers) -> str | None:
-    """The team key from `x-api-key` or `Authorization: Bearer` (Claude Code may send either)."""
-    key = headers.get("x-api-key", "").strip()
-    if key:
-        return key
-    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
-
-
 class Auth:
     def __init__(self, shared: RelayRuntime) -> None:
         self.shared = shared
@@ -43,11 +32,9 @@ class Auth:
         state = pending_state(flow)
         if state is None or not state.route.is_relayed:
             return
-        key = presented_key(flow.request.headers)
+        key = state.protocol.presented_key(flow.request.headers, flow.request.path)
         if key is None:
-            raise unauthenticated(
-                "No team key given. Set ANTHROPIC_AUTH_TOKEN (or ANTHROPIC_API_KEY) to your relay team key."
-            )
+            raise unauthenticated(f"No team key given. {state.protocol.key_hint}")
         runtime = self.shared.current()
         try:
             state.session = session_from_headers(flow.request.headers)
@@ -85,6 +72,6 @@ class Auth:
                 should_retry=True,
             )
         state.key = admission.key
-        state.accounts = admission.accounts
+        state.accounts = [a for a in admission.accounts if state.protocol.serves(state.route, a.kind)]
         state.health = admission.health
         state.sticky = admission.sticky

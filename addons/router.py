@@ -33,7 +33,6 @@ from relay_core.limits import periods
 from relay_core.models import Account
 from relay_core.runtime import Runtime
 from relay_core.scheduler import choose_account
-from relay_core.sessions import session_from_body
 from relay_core.socks_bridge import SocksBridges
 from relay_core.store.account_caps import CapReached
 from relay_core.token_refresh import RefreshFailed
@@ -142,10 +141,12 @@ class Router:
             for name in {n.lower() for n in headers}:
                 if state.protocol.is_dropped(name):  # the client's credentials are gone before anything is kept
                     del headers[name]
-            state.client_request = (flow.request.path, headers.copy())
+            path = state.protocol.upstream_path(flow.request.path)  # never a team key in its query
+            state.client_request = (path, headers.copy(), flow.request.raw_content)
         else:  # sent again after an account failed: from the client's own request, not the last route's
-            flow.request.path, headers = state.client_request
+            path, headers, _ = state.client_request
             flow.request.headers = headers.copy()
+        flow.request.path = path
         await self._route(flow, state, runtime)
 
     async def _admit(self, flow: http.HTTPFlow, state: FlowState, runtime: Runtime) -> None:
@@ -154,7 +155,8 @@ class Router:
         settings = runtime.settings
         body = None
         if state.route.reads_body:
-            state.message = state.protocol.parse_request(flow.request.raw_content or b"")
+            raw = flow.request.raw_content or b""
+            state.message = state.protocol.parse_request(raw, state.route, flow.request.path)
             check_model(state.key, state.message.model)
             check_priced(state.key, state.message.model, settings.price_overrides)
             if state.route.is_metered:  # Claude Code's token counts carry no system prompt or metadata
@@ -164,8 +166,8 @@ class Router:
         state.claude_code = is_claude_code(flow.request.headers, body)
         if state.key.limits.claude_code_only and not state.claude_code:
             raise claude_code_only_refused(state.key)
-        if state.session is None and body is not None:
-            state.session = session_from_body(body)
+        if state.session is None and body is not None and state.message is not None:
+            state.session = state.protocol.body_session(state.message)
             if state.session is not None:
                 state.sticky = await runtime.store.sticky_account(state.key.id, state.session)
 
@@ -177,9 +179,15 @@ class Router:
 
         headers = flow.request.headers
         headers.update(protocol.upstream_headers(account, secret, headers, settings))
+        assert state.client_request is not None
+        client_body = state.client_request[2]
+        if client_body is not None:
+            body = protocol.upstream_body(state.route, client_body, account)
+            if body is not None or flow.request.raw_content is not client_body:
+                flow.request.content = client_body if body is None else body
 
         reach = opened(account, runtime.keyring)  # with its URL credentials: used here, never kept on the flow
-        target = target_of(reach.base_url or settings.upstream_url)
+        target = target_of(reach.base_url or protocol.default_base_url(state.route, settings))
         flow.request.scheme = target.scheme
         flow.request.host = target.host
         flow.request.port = target.port

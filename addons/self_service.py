@@ -7,7 +7,6 @@ import time
 
 from mitmproxy import http
 
-from addons.auth import presented_key
 from addons.common import fail_closed
 from addons.common import pending_state
 from addons.relay_runtime import RelayRuntime
@@ -30,7 +29,7 @@ class SelfService:
         state = pending_state(flow)
         if state is None or state.route is not Route.SELF_SERVICE:
             return
-        secret = presented_key(flow.request.headers)
+        secret = state.protocol.presented_key(flow.request.headers, flow.request.path)
         if secret is None:
             raise unauthenticated("Send your team key (Authorization: Bearer or x-api-key) to see its usage.")
         runtime = self.shared.current()

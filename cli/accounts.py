@@ -35,6 +35,8 @@ from cli.tables import account_lines
 from cli.tables import table_options
 from relay_core.admin.accounts import AccountChanges
 from relay_core.admin.service import AdminService
+from relay_core.google_oauth import GoogleError
+from relay_core.google_oauth import parse_credentials_file
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.oauth import OAuthError
@@ -53,7 +55,7 @@ def _emit_account(context: CliContext, fmt: str, operation: Callable[[AdminServi
 
 @click.group()
 def accounts() -> None:
-    """Upstream accounts: Claude subscriptions and Anthropic API keys."""
+    """Upstream accounts: Claude subscriptions, Anthropic API keys, Gemini API keys and Google accounts."""
 
 
 @accounts.command("add-console")
@@ -144,6 +146,54 @@ def add_token(
     _emit_account(
         context, fmt, lambda admin: admin.accounts.add(name, AccountKind.OAUTH, secret, refresh_token, **fields)
     )
+
+
+@accounts.command("add-gemini")
+@click.argument("name")
+@click.option("--api-key", default=None, help=f"a Gemini API key (Gemini CLI's API-key method); {HELP}")
+@click.option(
+    "--credentials-file",
+    type=click.File("r"),
+    default=None,
+    help="a Google account for Code Assist: Gemini CLI's ~/.gemini/oauth_creds.json ('-' reads stdin)",
+)
+@click.option("--project", default=None, help="Code Assist: its Cloud project (default: the one Code Assist names)")
+@click.option("--base-url", default=None, help="upstream base URL (default: RELAY_GEMINI__API_URL or CODE_ASSIST_URL)")
+@priority_option
+@weight_option
+@proxy_option
+@max_concurrency_option
+@rpm_option
+@format_option()
+@pass_cli_context
+def add_gemini(
+    context: CliContext,
+    name: str,
+    api_key: str | None,
+    credentials_file: TextIO | None,
+    project: str | None,
+    base_url: str | None,
+    priority: int,
+    weight: int,
+    proxy: str | None,
+    max_concurrency: int | None,
+    rpm: int | None,
+    fmt: str,
+) -> None:
+    """Add a Gemini account: an API key, or a Google account signed in with Gemini CLI."""
+    fields: dict[str, Any] = dict(base_url=base_url, priority=priority, weight=weight, proxy=proxy)
+    fields.update(max_concurrency=max_concurrency or None, rpm=rpm or None)
+    if credentials_file is not None:
+        if api_key is not None:
+            raise click.UsageError("give --api-key or --credentials-file, not both")
+        try:
+            tokens = parse_credentials_file(credentials_file.read())
+        except GoogleError as exc:
+            raise click.BadParameter(str(exc), param_hint="--credentials-file") from None
+        _emit_account(context, fmt, lambda admin: admin.accounts.add_google_account(name, tokens, project, **fields))
+        return
+    secret = secret_input(api_key, "--api-key", "Gemini API key")
+    _emit_account(context, fmt, lambda admin: admin.accounts.add(name, AccountKind.GEMINI_API_KEY, secret, **fields))
 
 
 @accounts.command("list")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from relay_core.errors import RelayError
 from relay_core.limits import NANOS_PER_USD
@@ -20,7 +21,9 @@ from relay_core.limits import Period
 from relay_core.limits import refusal_error
 from relay_core.limits import usd
 from relay_core.models import TeamKey
+from relay_core.pricing import normalise_model
 from relay_core.pricing import price_usd
+from relay_core.pricing import provider_of
 from relay_core.protocols.base import ParsedRequest
 from relay_core.usage import TokenUsage
 
@@ -32,16 +35,24 @@ MAX_TOKENS_CAP = 10_000_000
 
 
 def estimate_nanousd(message: ParsedRequest, body_bytes: int, overrides: dict[str, dict[str, float]]) -> int:
-    """An upper estimate of one request's cost: its whole body as input written to the cache, plus
-    `max_tokens` (which bounds output and thinking) of output. 0 for a model without a price."""
-    max_tokens = message.body.get("max_tokens")
-    output = max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else 0
-    usage = TokenUsage(
-        cache_write_5m_tokens=math.ceil(body_bytes / BODY_BYTES_PER_TOKEN),
-        output_tokens=min(max(output, 0), MAX_TOKENS_CAP),
-    )
+    """An upper estimate of one request's cost: its whole body as input written to the cache (Gemini: as
+    input, its only rate), plus the output bound it names (`max_tokens`, which bounds output and thinking;
+    Gemini's `maxOutputTokens` when it gives one). 0 for a model without a price."""
+    body_tokens = math.ceil(body_bytes / BODY_BYTES_PER_TOKEN)
+    output = min(max(_output_bound(message.body), 0), MAX_TOKENS_CAP)
+    if provider_of(normalise_model(message.model)) == "google":
+        usage = TokenUsage(input_tokens=body_tokens, output_tokens=output)
+    else:
+        usage = TokenUsage(cache_write_5m_tokens=body_tokens, output_tokens=output)
     cost = price_usd(message.model, usage, overrides)
     return math.ceil(cost * NANOS_PER_USD) if cost is not None else 0
+
+
+def _output_bound(body: dict[str, Any]) -> int:
+    inner = body.get("request")
+    config = (inner if isinstance(inner, dict) else body).get("generationConfig")
+    value = config.get("maxOutputTokens") if isinstance(config, dict) else body.get("max_tokens")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def reservation_refused(

@@ -57,7 +57,8 @@ class FlowState:
     failed_accounts: list[str] = field(default_factory=list)  # ids of the accounts that failed it, in order
     opening: StreamOpening | None = None  # a streamed answer whose first event was an error, held back
     resend: bool = False  # routed anew after a failure: send the request again
-    client_request: tuple[str, Any] | None = None  # the client's path and headers, before the first routing
+    # The client's path (as sent upstream), headers without its credentials, and body, before the first routing.
+    client_request: tuple[str, Any, bytes | None] | None = None
 
     @property
     def key_label(self) -> str | None:

@@ -33,7 +33,11 @@ class AccountState(StrEnum):
 
 
 def model_family(model: str | None) -> str:
+    """Claude: the family its windows bind (opus, sonnet, haiku). Gemini: the model itself, whose quota is
+    its own."""
     name = (model or "").lower()
+    if name.startswith(("gemini", "models/", "gemma")):
+        return name.removeprefix("models/")
     for family in ("opus", "sonnet", "haiku"):
         if family in name:
             return family

@@ -63,8 +63,10 @@ class TeamKey(BaseModel):
 
 
 class AccountKind(StrEnum):
-    OAUTH = "oauth"
-    CONSOLE = "console"
+    OAUTH = "oauth"  # a Claude subscription
+    CONSOLE = "console"  # an Anthropic API key
+    GEMINI_API_KEY = "gemini-api-key"  # a Gemini API key (Gemini CLI's API-key method)
+    GEMINI_OAUTH = "gemini-oauth"  # a Google account on Code Assist (Gemini CLI's sign-in method)
 
 
 class Account(BaseModel):
@@ -88,6 +90,7 @@ class Account(BaseModel):
     organization: str | None = None
     scopes: list[str] = Field(default_factory=list)
     refreshed_at: float | None = Field(None, description="when the access token was last refreshed")
+    project: str | None = Field(None, description="Code Assist: the Google Cloud project the account works in")
     signin_ends_at: float | None = Field(
         None, description="fixed end of the OAuth sign-in (refresh_token_expires_in); refreshing does not move it"
     )
@@ -112,7 +115,7 @@ class Account(BaseModel):
 
     @property
     def refreshable(self) -> bool:
-        return self.kind is AccountKind.OAUTH and self.sealed_refresh_token is not None
+        return self.kind in (AccountKind.OAUTH, AccountKind.GEMINI_OAUTH) and self.sealed_refresh_token is not None
 
     def due_refresh(self, now: float, margin_s: float) -> bool:
         return self.refreshable and self.expires_at is not None and self.expires_at - margin_s <= now

@@ -17,6 +17,8 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+from genai_prices import Usage
+from genai_prices import calc_price
 from genai_prices import extract_usage
 from genai_prices.types import ModelInfo
 from genai_prices.types import TieredPrices
@@ -36,9 +38,20 @@ _OVERRIDE_FIELDS = {
 }
 
 
+# Names Gemini CLI's traffic carries that genai-prices knows under another: Code Assist serves the preview
+# model as `gemini-3-flash`.
+_MODEL_ALIASES = {"gemini-3-flash": "gemini-3-flash-preview"}
+
+
 def normalise_model(model: str) -> str:
-    """Claude Code may show a `[1m]` suffix on a model id; prices ignore it."""
-    return model.removesuffix("[1m]").strip()
+    """Claude Code may show a `[1m]` suffix on a model id, Gemini a `models/` prefix; prices ignore both."""
+    model = model.removesuffix("[1m]").strip().removeprefix("models/")
+    return _MODEL_ALIASES.get(model, model)
+
+
+def provider_of(model: str) -> str:
+    """genai-prices' provider for a (normalised) model id."""
+    return "google" if model.startswith(("gemini", "gemma")) else "anthropic"
 
 
 def load_prices() -> None:
@@ -74,6 +87,13 @@ def price_usd(model: str, usage: TokenUsage, overrides: dict[str, dict[str, floa
 
 def library_price_usd(model: str, usage: TokenUsage) -> Decimal:
     """genai-prices' own calculation (raises LookupError for an unknown model)."""
+    if provider_of(model) == "google":  # its input count includes the cached tokens; thinking is in output
+        counts = Usage(
+            input_tokens=usage.input_tokens + usage.cache_read_input_tokens,
+            cache_read_tokens=usage.cache_read_input_tokens,
+            output_tokens=usage.output_tokens,
+        )
+        return calc_price(counts, model, provider_id="google").total_price
     extracted = extract_usage({"model": model, "usage": usage.as_api_usage()}, provider_id="anthropic")
     return extracted.calc_price().total_price
 
@@ -87,6 +107,8 @@ def _warn_unpriced(model: str) -> None:
 @functools.lru_cache(maxsize=256)
 def _model_info(model: str) -> ModelInfo | None:
     try:
+        if provider_of(model) == "google":
+            return calc_price(Usage(), model, provider_id="google").model
         return extract_usage({"model": model, "usage": TokenUsage().as_api_usage()}, provider_id="anthropic").model
     except LookupError:
         return None

@@ -25,6 +25,7 @@ TOKEN_COLUMNS = (
     "cache_read_input_tokens",
     "cache_write_5m_tokens",
     "cache_write_1h_tokens",
+    "thinking_tokens",
 )
 
 

@@ -14,7 +14,8 @@ LEGACY_USER_ID = re.compile(
 MAX_SESSION_LENGTH = 128
 
 
-def _clean(session: Any) -> str | None:
+def clean_session(session: Any) -> str | None:
+    """A session id fit to key a sticky mapping, or None."""
     if not isinstance(session, str):
         return None
     session = session.strip()
@@ -24,7 +25,7 @@ def _clean(session: Any) -> str | None:
 
 
 def session_from_headers(headers: Mapping[str, str]) -> str | None:
-    return _clean(headers.get(SESSION_HEADER))
+    return clean_session(headers.get(SESSION_HEADER))
 
 
 def session_from_body(body: Mapping[str, Any]) -> str | None:
@@ -35,9 +36,9 @@ def session_from_body(body: Mapping[str, Any]) -> str | None:
         return None
     legacy = LEGACY_USER_ID.match(user_id)
     if legacy:
-        return _clean(legacy.group("session"))
+        return clean_session(legacy.group("session"))
     try:
         parsed = json.loads(user_id)
     except ValueError:
         return None
-    return _clean(parsed.get("session_id")) if isinstance(parsed, dict) else None
+    return clean_session(parsed.get("session_id")) if isinstance(parsed, dict) else None

@@ -26,6 +26,7 @@ from pydantic_settings import PydanticBaseSettingsSource
 from pydantic_settings import SettingsConfigDict
 from pydantic_settings import TomlConfigSettingsSource
 
+from relay_core.google_oauth import GeminiConfig
 from relay_core.health import HealthRules
 from relay_core.oauth import OAuthConfig
 
@@ -144,6 +145,9 @@ class Settings(BaseSettings):
     )
     oauth: OAuthConfig = Field(
         default_factory=OAuthConfig, description="subscription OAuth endpoints (RELAY_OAUTH__TOKEN_URL, ...)"
+    )
+    gemini: GeminiConfig = Field(
+        default_factory=GeminiConfig, description="Google upstreams for Gemini CLI (RELAY_GEMINI__API_URL, ...)"
     )
     signin_warning_days: int = Field(
         14, ge=0, description="warn (log, doctor) this many days before an account's OAuth sign-in ends"

@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Callable
 
+from relay_core import google_oauth
 from relay_core import oauth
 from relay_core.account_urls import opened
 from relay_core.crypto import Keyring
@@ -24,6 +25,7 @@ from relay_core.events import Event
 from relay_core.events import StoreUnreachable
 from relay_core.health import AccountState
 from relay_core.models import Account
+from relay_core.models import AccountKind
 from relay_core.settings import Settings
 from relay_core.store import Store
 from relay_core.store import StoreError
@@ -88,8 +90,11 @@ class TokenRefresher:
         refresh_token = self.keyring.open(account.sealed_refresh_token, account.id)
         try:
             proxy = opened(account, self.keyring).proxy
-            tokens = await oauth.refresh(self.settings.oauth, refresh_token, proxy=proxy)
-        except oauth.OAuthError as exc:
+            if account.kind is AccountKind.GEMINI_OAUTH:
+                tokens = await google_oauth.refresh(self.settings.gemini, refresh_token, proxy=proxy)
+            else:
+                tokens = await oauth.refresh(self.settings.oauth, refresh_token, proxy=proxy)
+        except (oauth.OAuthError, google_oauth.GoogleError) as exc:
             reason = f"token refresh failed: {exc}"
             await self.store.set_account_state(account.id, AccountState.ERROR, reason)
             logger.error("account %r: %s", account.name, reason)

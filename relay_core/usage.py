@@ -15,6 +15,7 @@ class TokenUsage:
     cache_write_5m_tokens: int = 0
     cache_write_1h_tokens: int = 0
     web_search_requests: int = 0
+    thinking_tokens: int = 0  # the part of output_tokens that was thinking, where the API says (Gemini)
 
     @property
     def cache_creation_input_tokens(self) -> int:

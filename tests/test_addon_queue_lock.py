@@ -55,7 +55,7 @@ def routed_flow(key: TeamKey, account: Account, body: dict[str, Any]) -> http.HT
     flow = classified(request_flow(body=body))
     routed = state(flow)
     routed.key, routed.account, routed.routed = key, account, True
-    routed.message = routed.protocol.parse_request(flow.request.raw_content or b"")
+    routed.message = routed.protocol.parse_request(flow.request.raw_content or b"", routed.route, flow.request.path)
     return flow
 
 

@@ -25,7 +25,7 @@ REQUEST_SIDE_FAULTS = [
     "addons.auth:Auth.requestheaders",
     "addons.router:Router.request",
     # faults inside the hooks' work
-    "addons.auth:presented_key",
+    "relay_core.protocols.base:ApiProtocol.presented_key",
     "relay_core.store:Store.admit",
     "relay_core.protocols.anthropic.protocol:AnthropicProtocol.parse_request",
     "addons.router:choose_account",

@@ -22,6 +22,7 @@ EXPECTED = {
     "cache_write_5m_tokens": 1500,
     "cache_write_1h_tokens": 500,
     "web_search_requests": 0,
+    "thinking_tokens": 0,
 }
 
 

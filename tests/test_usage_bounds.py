@@ -72,6 +72,7 @@ async def test_a_key_report_reads_only_its_own_usage_however_large_the_team_s(st
             "cache_read_input_tokens": 0,
             "cache_write_5m_tokens": 0,
             "cache_write_1h_tokens": 0,
+            "thinking_tokens": 0,
             "cache_creation_input_tokens": 0,
             "partial": 0,
             "unpriced": 0,

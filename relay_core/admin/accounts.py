@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from typing import Literal
 
+from relay_core import google_oauth
 from relay_core.account_urls import opened
 from relay_core.account_urls import seal_urls
 from relay_core.account_urls import set_url
@@ -22,6 +24,7 @@ from relay_core.admin.views import account_view
 from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.models import new_id
+from relay_core.oauth import TokenSet
 from relay_core.outbound import OutboundError
 from relay_core.probe import probe
 from relay_core.protocols.anthropic.health import judge
@@ -114,6 +117,26 @@ class AccountAdmin:
         )
         await self.store.create_account(seal_urls(account, self.keyring))
         return account
+
+    async def add_google_account(self, name: str, tokens: TokenSet, project: str | None, **fields: Any) -> Account:
+        """A Google account for Code Assist, with the Cloud project it works in: the one given, else the one
+        Code Assist names for it (the access token is refreshed first when it has run out)."""
+        access = tokens.access_token.get_secret_value()
+        refresh_token = tokens.refresh_token.get_secret_value() if tokens.refresh_token else None
+        gemini = self.runtime.settings.gemini
+        proxy = fields.get("proxy")
+        if project is None:
+            try:
+                if tokens.expires_at <= time.time() + 60 and refresh_token:
+                    tokens = await google_oauth.refresh(gemini, refresh_token, proxy)
+                    access = tokens.access_token.get_secret_value()
+                    refresh_token = tokens.refresh_token.get_secret_value() if tokens.refresh_token else refresh_token
+                project = await google_oauth.discover_project(gemini, access, proxy)
+            except (google_oauth.GoogleError, ValueError) as exc:
+                reason = f"cannot find the account's Code Assist project: {exc}"
+                raise InvalidValueError(reason, field="project") from None
+        fields.update(expires_at=tokens.expires_at, project=project, scopes=tokens.scopes)
+        return await self.add(name, AccountKind.GEMINI_OAUTH, access, refresh_token, **fields)
 
     async def update(self, name: str, changes: AccountChanges) -> Account:
         check_urls(changes.base_url or None, changes.proxy or None)

@@ -22,6 +22,7 @@ from relay_core.diagnostics.checks import Level
 from relay_core.masking import MASK
 from relay_core.masking import masked_url
 from relay_core.models import Account
+from relay_core.models import AccountKind
 from relay_core.presence import RelayRecord
 from relay_core.settings import Settings
 
@@ -61,10 +62,16 @@ def targets(settings: Settings, accounts: list[Account]) -> dict[Target, list[st
     for account in accounts:
         if not account.enabled:
             continue
-        base = (account.base_url or settings.upstream_url).rstrip("/")
+        google = account.kind in (AccountKind.GEMINI_API_KEY, AccountKind.GEMINI_OAUTH)
+        default_base = settings.upstream_url
+        if google:
+            gemini = settings.gemini
+            default_base = gemini.api_url if account.kind is AccountKind.GEMINI_API_KEY else gemini.code_assist_url
+        base = (account.base_url or default_base).rstrip("/")
         found.setdefault(Target("upstream", base, account.proxy, not account.base_url), []).append(account.name)
         if account.refreshable:
-            found.setdefault(Target("oauth", settings.oauth.token_url, account.proxy), []).append(account.name)
+            token_url = settings.gemini.token_url if google else settings.oauth.token_url
+            found.setdefault(Target("oauth", token_url, account.proxy), []).append(account.name)
     if not found:
         found[Target("upstream", settings.upstream_url, None)] = []
     return found

@@ -1,7 +1,7 @@
 """The API protocols the relay serves, and which one a request belongs to.
 
 A protocol is a folder here implementing `relay_core.protocols.base.ApiProtocol`; `register` makes it
-known (Anthropic's is registered below). Nothing else changes to add one: the addons reach a request's
+known (Anthropic's and Gemini's are registered below). Nothing else changes to add one: the addons reach a request's
 protocol through `FlowState.protocol`.
 """
 
@@ -12,13 +12,14 @@ from typing import NamedTuple
 from relay_core.protocols.anthropic.protocol import AnthropicProtocol
 from relay_core.protocols.base import ApiProtocol
 from relay_core.protocols.base import RequestRoute
+from relay_core.protocols.gemini.protocol import GeminiProtocol
 from relay_core.routes import Route
 from relay_core.routes import is_ambiguous_path
 from relay_core.routes import own_route
 
 # The first one also shapes the relay's answers to requests no protocol owns (unknown paths, mitmproxy's
 # own error pages): Anthropic's, as Claude Code was the relay's first client.
-_protocols: list[ApiProtocol] = [AnthropicProtocol()]
+_protocols: list[ApiProtocol] = [AnthropicProtocol(), GeminiProtocol()]
 
 
 class Classified(NamedTuple):

@@ -85,6 +85,37 @@ class ApiProtocol(ABC):
     """One API the relay serves to its clients and speaks to the upstream."""
 
     name: str
+    key_hint: str  # what a client without a team key is told to set
+
+    def presented_key(self, headers: Mapping[str, str], path: str) -> str | None:
+        """The team key from `x-api-key` or `Authorization: Bearer` (Claude Code may send either)."""
+        key = headers.get("x-api-key", "").strip()
+        if key:
+            return key
+        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return None
+
+    @abstractmethod
+    def serves(self, route: RequestRoute, kind: AccountKind) -> bool:
+        """Whether an account of this kind can serve this route (the others are never scheduled for it)."""
+
+    @abstractmethod
+    def default_base_url(self, route: RequestRoute, settings: Settings) -> str:
+        """Where a route goes for an account without a base URL of its own."""
+
+    def upstream_path(self, path: str) -> str:
+        """The client's path (with its query) as the upstream is asked for it."""
+        return path
+
+    def upstream_body(self, route: RequestRoute, raw: bytes, account: Account) -> bytes | None:
+        """The body to send for this account instead of the client's, or None to send the client's untouched."""
+        return None
+
+    def body_session(self, message: ParsedRequest) -> str | None:
+        """The client session a request body names (requests of one session stay on one account)."""
+        return None
 
     @abstractmethod
     def classify(self, method: str, path: str) -> RequestRoute | None:
@@ -96,8 +127,9 @@ class ApiProtocol(ABC):
         return None
 
     @abstractmethod
-    def parse_request(self, raw: bytes) -> ParsedRequest:
-        """Read a `reads_body` route's body; raise RelayError for what the upstream would refuse anyway."""
+    def parse_request(self, raw: bytes, route: RequestRoute, path: str) -> ParsedRequest:
+        """Read a `reads_body` route's body (`path` as the client sent it); raise RelayError for what the
+        upstream would refuse anyway."""
 
     @abstractmethod
     def is_dropped(self, header: str) -> bool:

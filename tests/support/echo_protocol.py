@@ -20,6 +20,7 @@ from relay_core.models import Account
 from relay_core.models import AccountKind
 from relay_core.protocols import register
 from relay_core.protocols.base import ApiProtocol
+from relay_core.protocols.base import RequestRoute
 from relay_core.settings import Settings
 from relay_core.usage import TokenUsage
 
@@ -75,7 +76,13 @@ class EchoProtocol(ApiProtocol):
     def classify(self, method: str, path: str) -> EchoRoute | None:
         return EchoRoute.SAY if (method, path) == ("POST", "/echo/v1/say") else None
 
-    def parse_request(self, raw: bytes) -> EchoRequest:
+    def serves(self, route: RequestRoute, kind: AccountKind) -> bool:
+        return kind is AccountKind.CONSOLE  # the tests' echo accounts are API-key accounts
+
+    def default_base_url(self, route: RequestRoute, settings: Settings) -> str:
+        return settings.upstream_url
+
+    def parse_request(self, raw: bytes, route: RequestRoute, path: str) -> EchoRequest:
         try:
             body = json.loads(raw)
         except ValueError:

@@ -106,7 +106,7 @@ def routed_flow(
         session=session,
         routed=True,
     )
-    state.message = protocol.parse_request(flow.request.content or b"")
+    state.message = protocol.parse_request(flow.request.content or b"", state.route, flow.request.path)
     flow.metadata[METADATA_KEY] = state
     return flow
 

@@ -20,8 +20,10 @@ from relay_core.protocols.anthropic.request_body import MessageRequest
 from relay_core.protocols.anthropic.routes import AnthropicRoute
 from relay_core.protocols.anthropic.sse import SseUsageMeter
 from relay_core.protocols.base import ApiProtocol
+from relay_core.protocols.base import ParsedRequest
 from relay_core.protocols.base import RequestRoute
 from relay_core.protocols.base import StreamOpening
+from relay_core.sessions import session_from_body
 from relay_core.settings import Settings
 from relay_core.usage import TokenUsage
 
@@ -30,6 +32,16 @@ TELEMETRY_ANSWER = (200, b'{"success":true}', {"content-type": "application/json
 
 class AnthropicProtocol(ApiProtocol):
     name = "anthropic"
+    key_hint = "Set ANTHROPIC_AUTH_TOKEN (or ANTHROPIC_API_KEY) to your relay team key."
+
+    def serves(self, route: RequestRoute, kind: AccountKind) -> bool:
+        return kind in (AccountKind.OAUTH, AccountKind.CONSOLE)
+
+    def default_base_url(self, route: RequestRoute, settings: Settings) -> str:
+        return settings.upstream_url
+
+    def body_session(self, message: ParsedRequest) -> str | None:
+        return session_from_body(message.body)
 
     def classify(self, method: str, path: str) -> AnthropicRoute | None:
         return routes.classify(method, path)
@@ -37,7 +49,7 @@ class AnthropicProtocol(ApiProtocol):
     def answer_locally(self, route: RequestRoute) -> tuple[int, bytes, dict[str, str]] | None:
         return TELEMETRY_ANSWER if route is AnthropicRoute.TELEMETRY else None
 
-    def parse_request(self, raw: bytes) -> MessageRequest:
+    def parse_request(self, raw: bytes, route: RequestRoute, path: str) -> MessageRequest:
         return request_body.parse_message_request(raw)
 
     def is_dropped(self, header: str) -> bool:
