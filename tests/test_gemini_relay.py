@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from relay_core.google_oauth import GEMINI_CLI_CLIENT_ID
 from relay_core.pricing import price_usd
 from relay_core.usage import TokenUsage
 from tests.support.admin import Admin
@@ -262,3 +264,35 @@ def test_budgets_model_rules_and_disabled_keys_refuse_in_googles_shape(
     status, body = gemini_request(relay, "not-a-team-key")
     assert status == 401 and body["error"]["status"] == "UNAUTHENTICATED", body
     assert len([s for s in google.requests if ":generateContent" in s.path]) == 3
+
+
+@pytest.mark.e2e
+def test_an_expired_google_token_is_refreshed_with_the_gemini_cli_client_before_the_turn(
+    relay: RelayProcess, admin: Admin, google: FakeGoogle, gemini_cli: Callable[..., str], tmp_path: Path
+) -> None:
+    team_key = admin.create_key("gemini-team")
+    add_google_account(gemini_cli, tmp_path, "google-a", TOKEN_A)
+    admin.update_account("google-a", lambda a: setattr(a, "expires_at", time.time() - 60))
+    google.refresh_tokens["1//refresh-google-a"] = "ya29.refreshed-token"
+    google.tokens["ya29.refreshed-token"] = PROJECT_A
+    google.requests.clear()
+    body = {
+        "model": MODEL,
+        "project": "claude-relay",
+        "request": {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+    }
+    request = urllib.request.Request(
+        f"{relay.url}/gemini/v1internal:generateContent",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", "authorization": f"Bearer {team_key}"},
+    )
+    with urllib.request.urlopen(request, timeout=20) as answer:
+        assert answer.status == 200
+        assert json.loads(answer.read())["response"]["candidates"][0]["content"]["parts"]
+
+    assert google.calls() == ["POST /token", "POST /v1internal:generateContent"]
+    form = urllib.parse.parse_qs(google.requests[0].body.decode())
+    assert form["grant_type"] == ["refresh_token"] and form["refresh_token"] == ["1//refresh-google-a"]
+    assert form["client_id"] == [GEMINI_CLI_CLIENT_ID]
+    assert google.requests[1].headers["authorization"] == "Bearer ya29.refreshed-token"
+    assert google.requests[1].json()["project"] == PROJECT_A
