@@ -157,6 +157,9 @@ def add_token(
     default=None,
     help="a Google account for Code Assist: Gemini CLI's ~/.gemini/oauth_creds.json ('-' reads stdin)",
 )
+@click.option("--oauth", "sign_in", is_flag=True, help="sign a Google account in: prints a URL, asks for the code")
+@click.option("--no-wait", is_flag=True, help="with --oauth: print the URL and stop; finish later with --code")
+@click.option("--code", default=None, help="finish a started Google sign-in with the code Google showed")
 @click.option("--project", default=None, help="Code Assist: its Cloud project (default: the one Code Assist names)")
 @click.option("--base-url", default=None, help="upstream base URL (default: RELAY_GEMINI__API_URL or CODE_ASSIST_URL)")
 @priority_option
@@ -171,6 +174,9 @@ def add_gemini(
     name: str,
     api_key: str | None,
     credentials_file: TextIO | None,
+    sign_in: bool,
+    no_wait: bool,
+    code: str | None,
     project: str | None,
     base_url: str | None,
     priority: int,
@@ -180,12 +186,15 @@ def add_gemini(
     rpm: int | None,
     fmt: str,
 ) -> None:
-    """Add a Gemini account: an API key, or a Google account signed in with Gemini CLI."""
+    """Add a Gemini account: an API key, or a Google account (signed in here with --oauth, or with Gemini CLI)."""
     fields: dict[str, Any] = dict(base_url=base_url, priority=priority, weight=weight, proxy=proxy)
     fields.update(max_concurrency=max_concurrency or None, rpm=rpm or None)
+    if sum((api_key is not None, credentials_file is not None, sign_in or code is not None)) > 1:
+        raise click.UsageError("give one of --api-key, --credentials-file and --oauth")
+    if sign_in or code is not None:
+        _google_sign_in(context, name, code, no_wait, {**fields, "project": project}, fmt)
+        return
     if credentials_file is not None:
-        if api_key is not None:
-            raise click.UsageError("give --api-key or --credentials-file, not both")
         try:
             tokens = parse_credentials_file(credentials_file.read())
         except GoogleError as exc:
@@ -194,6 +203,29 @@ def add_gemini(
         return
     secret = secret_input(api_key, "--api-key", "Gemini API key")
     _emit_account(context, fmt, lambda admin: admin.accounts.add(name, AccountKind.GEMINI_API_KEY, secret, **fields))
+
+
+def _google_sign_in(
+    context: CliContext, name: str, code: str | None, no_wait: bool, fields: dict[str, Any], fmt: str
+) -> None:
+    """Gemini CLI's no-browser sign-in: a URL to open, then the code Google shows, pasted back."""
+
+    async def op(admin: AdminService) -> tuple[dict[str, Any], Clock] | None:
+        pasted = code
+        if pasted is None:
+            url = await admin.signin.start_google(name, fields)
+            click.echo(f"Open this URL, sign in with the Google account, and copy the code shown:\n\n{url}\n", err=True)
+            if no_wait:
+                click.echo(f"Then run: relay accounts add-gemini {name} --code CODE (within 15 minutes)", err=True)
+                return None
+            pasted = click.prompt("Code", hide_input=sys.stdin.isatty(), err=True)
+        account = await admin.signin.finish_google(name, pasted)
+        return (await admin.accounts.views([account]))[0], Clock.local(admin.runtime.store.zone)
+
+    shown = context.run(op)
+    if shown is not None:
+        view, clock = shown
+        emit_lines(view, fmt, account_lines(view, clock))
 
 
 @accounts.command("list")

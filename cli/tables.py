@@ -429,6 +429,7 @@ SUMMED = (
     "partial",
     "unpriced",
     "estimated",
+    "quota",
     "cost_usd",
 )
 TIME_GROUPS = ("day", "hour", "month")
@@ -441,8 +442,12 @@ def usage_totals(rows: list[Row], by: str) -> Row:
 
 
 def usage_notes(row: Row) -> str:
-    """Rows whose cost is not exact: unpriced models, estimated or cut-off answers."""
-    return ", ".join(f"{row[name]} {name}" for name in ("unpriced", "estimated", "partial") if row[name])
+    """Rows whose cost is not exact (unpriced models, estimated or cut-off answers) or not billed (answers
+    served on a Google account's Code Assist quota: their cost is what the API would have charged)."""
+    notes = [f"{row[name]} {name}" for name in ("unpriced", "estimated", "partial") if row[name]]
+    if row.get("quota"):
+        notes.append(f"{row['quota']} on quota, not billed")
+    return ", ".join(notes)
 
 
 def group_label(value: str, by: str) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from typing import Any
+from urllib.parse import parse_qs
 from urllib.parse import urlencode
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ from pydantic import Field
 from pydantic import SecretStr
 
 from relay_core import outbound
+from relay_core.oauth import Pkce
 from relay_core.oauth import TokenSet
 
 ONBOARD_POLLS = 12  # onboardUser is a long-running operation: asked again until done, as the CLI does
@@ -32,6 +34,14 @@ class GeminiConfig(BaseModel):
     client_id: str = Field(GEMINI_CLI_CLIENT_ID, description="the OAuth client Google accounts signed in with")
     client_secret: str = Field(GEMINI_CLI_CLIENT_SECRET, description="that client's secret (Gemini CLI's is public)")
     timeout_s: float = Field(15.0, gt=0, description="token refresh and project discovery calls")
+    authorize_url: str = Field("https://accounts.google.com/o/oauth2/v2/auth", description="Google's sign-in page")
+    # Gemini CLI's own no-browser flow: Google shows the code on this page, to be pasted back.
+    redirect_uri: str = Field("https://codeassist.google.com/authcode", description="where Google shows the code")
+    scopes: str = Field(
+        "https://www.googleapis.com/auth/cloud-platform https://www.googleapis.com/auth/userinfo.email "
+        "https://www.googleapis.com/auth/userinfo.profile",
+        description="asked for at sign-in (space-separated), as Gemini CLI asks",
+    )
 
 
 class GoogleError(Exception):
@@ -75,17 +85,69 @@ async def refresh(config: GeminiConfig, refresh_token: str, proxy: str | None = 
     ).encode()
     headers = {"content-type": "application/x-www-form-urlencoded", "accept": "application/json"}
     payload = await _call(config, config.token_url, headers, form, proxy, (refresh_token, config.client_secret))
+    return _token_set(payload)
+
+
+def _token_set(payload: dict[str, Any]) -> TokenSet:
     access = payload.get("access_token")
     if not isinstance(access, str) or not access:
         raise GoogleError("Google's token endpoint answered without an access_token")
     expires_in = payload.get("expires_in")
-    rotated = payload.get("refresh_token")
+    issued = payload.get("refresh_token")
     return TokenSet(
         access_token=SecretStr(access),
-        refresh_token=SecretStr(rotated) if isinstance(rotated, str) and rotated else None,
+        refresh_token=SecretStr(issued) if isinstance(issued, str) and issued else None,
         expires_at=time.time() + (float(expires_in) if isinstance(expires_in, int | float) else 3600.0),
         scopes=str(payload.get("scope", "")).split(),
     )
+
+
+def authorize_url(config: GeminiConfig, pkce: Pkce) -> str:
+    """The URL a Google account's owner opens; Google then shows a code to paste back (Gemini CLI's
+    NO_BROWSER flow: PKCE, offline access so a refresh token comes with it)."""
+    query = {
+        "client_id": config.client_id,
+        "redirect_uri": config.redirect_uri,
+        "response_type": "code",
+        "scope": config.scopes,
+        "access_type": "offline",
+        "prompt": "consent",
+        "code_challenge": pkce.challenge,
+        "code_challenge_method": "S256",
+        "state": pkce.state,
+    }
+    return f"{config.authorize_url}?{urlencode(query)}"
+
+
+def pasted_code(text: str, expected_state: str) -> str:
+    """The code from what was pasted: the bare code Google's page shows, or a URL carrying code and state."""
+    text = "".join(text.split())
+    if "://" in text or text.startswith("?"):
+        params = parse_qs(urlsplit(text).query)
+        state = params.get("state", [expected_state])[0]
+        if state != expected_state:
+            raise GoogleError("the pasted URL belongs to another sign-in (its state differs); start again")
+        text = params.get("code", [""])[0]
+    if not text:
+        raise GoogleError("no code found in the pasted text; paste the code Google showed")
+    return text
+
+
+async def exchange_code(config: GeminiConfig, code: str, pkce: Pkce, proxy: str | None = None) -> TokenSet:
+    """Trade the pasted code for tokens at Google's token endpoint."""
+    form = urlencode(
+        {
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": config.client_id,
+            "client_secret": config.client_secret,
+            "redirect_uri": config.redirect_uri,
+            "code_verifier": pkce.verifier,
+        }
+    ).encode()
+    headers = {"content-type": "application/x-www-form-urlencoded", "accept": "application/json"}
+    payload = await _call(config, config.token_url, headers, form, proxy, (code, pkce.verifier, config.client_secret))
+    return _token_set(payload)
 
 
 def parse_credentials_file(text: str) -> TokenSet:

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from relay_core.flow_state import FlowState
 from relay_core.limits import NANOS_PER_USD
 from relay_core.limits import periods
+from relay_core.models import AccountKind
 from relay_core.models import TeamKey
 from relay_core.pricing import price_known
 from relay_core.pricing import price_usd
@@ -120,6 +121,7 @@ def _record(
         failed=failed,
         partial=partial,
         estimated=estimated,
+        quota=state.account.kind is AccountKind.GEMINI_OAUTH,
     )
 
 

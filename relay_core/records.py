@@ -73,6 +73,7 @@ class UsageRecord:
     failed: bool = False
     partial: bool = False
     estimated: bool = False
+    quota: bool = False  # served on a Google account's Code Assist quota: the cost is the API's price, not billed
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ def usage_row(by: str, group: str, counts: Mapping[str, int]) -> dict[str, Any]:
     row["partial"] = counts.get("partial", 0)
     row["unpriced"] = counts.get("unpriced", 0)
     row["estimated"] = counts.get("estimated", 0)
+    row["quota"] = counts.get("quota", 0)
     row["cost_usd"] = float(Decimal(counts.get("cost_nanousd", 0)) / NANOS_PER_USD)
     return row
 

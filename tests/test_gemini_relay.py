@@ -141,7 +141,7 @@ def test_api_key_method_turn_is_served_counted_and_priced(
 
     (row,) = admin.wait_for_requests(1)
     usage = expected_usage()
-    assert row["key"] == "gemini-team" and row["requests"] == 1 and row["errors"] == 0
+    assert row["key"] == "gemini-team" and row["requests"] == 1 and row["errors"] == 0 and row["quota"] == 0
     assert row["input_tokens"] == usage.input_tokens == 234
     assert row["cache_read_input_tokens"] == usage.cache_read_input_tokens == 1000
     assert row["output_tokens"] == usage.output_tokens == 134 and row["thinking_tokens"] == 78
@@ -178,6 +178,8 @@ def test_code_assist_method_turn_runs_on_the_accounts_token_and_project(
     assert_team_key_never_upstream(google, team_key)
     (row,) = admin.wait_for_requests(1)
     assert row["output_tokens"] == 134 and row["thinking_tokens"] == 78
+    assert row["quota"] == 1 and row["cost_usd"] > 0  # the API's price, marked as drawn from the account's quota
+    assert "1 on quota, not billed" in gemini_cli("usage", "--by", "key")
 
 
 @pytest.mark.e2e

@@ -94,6 +94,7 @@ class Usage(KeyLimits):
             errors=int(record.failed),
             partial=int(record.partial),
             estimated=int(record.estimated),
+            quota=int(record.quota),
             unpriced=int(record.cost_usd is None),
             cost_nanousd=int((record.cost_usd or Decimal(0)) * NANOS_PER_USD),
         )

@@ -49,6 +49,9 @@ class Admin:
 
         return self._admin(op)
 
+    def list_accounts(self) -> list[Account]:
+        return self._admin(lambda admin: admin.accounts.list_accounts())
+
     def add_account(self, name: str, secret: str, kind: str = "console", **fields: Any) -> Account:
         """Subscription accounts serve the SDK clients these tests use (allow_other_clients) unless a test
         that is about the client policy says otherwise."""

@@ -207,6 +207,7 @@ class FakeGoogle(FakeUpstream):
         self.tokens: dict[str, str] = {}  # Code Assist access token -> its Cloud project id
         self.api_keys: set[str] = set()  # Gemini API keys
         self.refresh_tokens: dict[str, str] = {}  # refresh token -> the access token a refresh hands out
+        self.auth_codes: dict[str, tuple[str, str]] = {}  # sign-in code -> (access token, refresh token)
         self._google_defaults()
 
     def _google_defaults(self) -> None:
@@ -224,6 +225,7 @@ class FakeGoogle(FakeUpstream):
         self.tokens.clear()
         self.api_keys.clear()
         self.refresh_tokens.clear()
+        self.auth_codes.clear()
 
     def calls(self) -> list[str]:
         """What reached the fake, in order, as "METHOD /path" without the query (e.g. the CLI's startup)."""
@@ -365,7 +367,9 @@ class FakeGoogle(FakeUpstream):
     # --- OAuth --------------------------------------------------------------------------------------------
 
     def _token(self, seen: Seen) -> Reply:
-        """Google's token endpoint, refresh-token grant only (what a relay keeping accounts fresh does)."""
+        """Google's token endpoint: the refresh-token grant (what a relay keeping accounts fresh does) and the
+        authorization-code grant of a sign-in (a code in `auth_codes`, once; PKCE's verifier is left to the
+        test to check against the challenge of the sign-in URL)."""
         form = {k: v[0] for k, v in urllib.parse.parse_qs(seen.body.decode(errors="replace")).items()}
         if seen.method != "POST":
             return _json({"error": "invalid_request", "error_description": "Only POST is supported"}, 405)
@@ -373,6 +377,15 @@ class FakeGoogle(FakeUpstream):
             return _json(
                 {"error": "invalid_request", "error_description": "Could not determine client ID from request."}, 400
             )
+        if form.get("grant_type") == "authorization_code":
+            issued = self.auth_codes.pop(form.get("code", ""), None)
+            if issued is None or not form.get("code_verifier") or not form.get("redirect_uri"):
+                return _json({"error": "invalid_grant", "error_description": "Bad Request"}, 400)
+            access, refresh = issued
+            self.tokens.setdefault(access, DEFAULT_PROJECT)
+            self.refresh_tokens[refresh] = access
+            answer = {"access_token": access, "refresh_token": refresh, "expires_in": 3599, "scope": OAUTH_SCOPES}
+            return _json({**answer, "token_type": "Bearer"})
         if form.get("grant_type") != "refresh_token":
             return _json({"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}, 400)
         access = self.refresh_tokens.get(form.get("refresh_token", ""))
