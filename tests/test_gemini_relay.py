@@ -298,3 +298,68 @@ def test_an_expired_google_token_is_refreshed_with_the_gemini_cli_client_before_
     assert form["client_id"] == [GEMINI_CLI_CLIENT_ID]
     assert google.requests[1].headers["authorization"] == "Bearer ya29.refreshed-token"
     assert google.requests[1].json()["project"] == PROJECT_A
+
+
+def call(relay: RelayProcess, method: str, path: str, headers: dict[str, str], body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{relay.url}{path}", data=data, method=method, headers=headers)
+    if data is not None:
+        request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.e2e
+def test_the_gemini_api_paths_an_sdk_uses_with_the_key_in_any_place(
+    relay: RelayProcess, admin: Admin, google: FakeGoogle, gemini_cli: Callable[..., str]
+) -> None:
+    team_key = admin.create_key("gemini-team")
+    gemini_cli("accounts", "add-gemini", "gemini-key", "--api-key", API_KEY)
+    contents = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+
+    status, listed = call(relay, "GET", "/gemini/v1beta/models", {"x-goog-api-key": team_key})
+    assert status == 200 and MODEL in json.dumps(listed)
+    status, counted = call(
+        relay, "POST", f"/gemini/v1beta/models/{MODEL}:countTokens", {"x-goog-api-key": team_key}, contents
+    )
+    assert status == 200 and counted["totalTokens"] == DEFAULT_USAGE["promptTokenCount"]
+    status, answer = call(relay, "POST", f"/gemini/v1beta/models/{MODEL}:generateContent?key={team_key}", {}, contents)
+    assert status == 200 and answer["usageMetadata"]["candidatesTokenCount"] == DEFAULT_USAGE["candidatesTokenCount"]
+
+    assert [s.path.split("?")[0] for s in google.requests] == [
+        "/v1beta/models",
+        f"/v1beta/models/{MODEL}:countTokens",
+        f"/v1beta/models/{MODEL}:generateContent",
+    ]
+    assert all(s.headers["x-goog-api-key"] == API_KEY for s in google.requests)
+    assert_team_key_never_upstream(google, team_key)
+    (row,) = admin.wait_for_requests(1)
+    assert row["requests"] == 1 and row["output_tokens"] == 134  # only generate calls are metered, as for Claude
+
+
+@pytest.mark.e2e
+def test_a_code_assist_session_stays_on_one_google_account(
+    relay: RelayProcess, admin: Admin, google: FakeGoogle, gemini_cli: Callable[..., str], tmp_path: Path
+) -> None:
+    team_key = admin.create_key("gemini-team")
+    add_google_account(gemini_cli, tmp_path, "google-a", TOKEN_A)
+    add_google_account(gemini_cli, tmp_path, "google-b", TOKEN_B)
+    google.requests.clear()
+
+    def turn_of(session: str) -> None:
+        body = {"model": MODEL, "project": "claude-relay", "request": {"session_id": session, "contents": []}}
+        status, _ = call(
+            relay, "POST", "/gemini/v1internal:generateContent", {"authorization": f"Bearer {team_key}"}, body
+        )
+        assert status == 200
+
+    for session in ("session-one", "session-two"):
+        for _ in range(8):
+            turn_of(session)
+    used = {}
+    for seen in google.requests:
+        used.setdefault(seen.json()["request"]["session_id"], set()).add(seen.headers["authorization"])
+    assert all(len(tokens) == 1 for tokens in used.values()), used  # 8 turns each, one account each
