@@ -368,7 +368,9 @@ def refresh(context: CliContext, name: str, fmt: str) -> None:
 
 @accounts.command()
 @click.argument("name")
-@click.option("--model", default="claude-haiku-4-5-20251001", show_default=True)
+@click.option(
+    "--model", default="claude-haiku-4-5-20251001", show_default=True, help="a Gemini account uses gemini-2.5-flash"
+)
 @format_option()
 @pass_cli_context
 def test(context: CliContext, name: str, model: str, fmt: str) -> None:

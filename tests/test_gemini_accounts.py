@@ -19,6 +19,7 @@ from cli.main import main
 from relay_core.google_oauth import GEMINI_CLI_CLIENT_ID
 from tests.support.admin import Admin
 from tests.support.fake_google import FakeGoogle
+from tests.support.fake_google import quota_exhausted
 
 ACCESS, REFRESH, PROJECT = "ya29.signed-in-access", "1//signed-in-refresh", "proj-signed-in"
 
@@ -34,6 +35,7 @@ def google_server() -> Iterator[FakeGoogle]:
 def google(google_server: FakeGoogle, cli: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> FakeGoogle:
     google_server.reset()
     monkeypatch.setenv("RELAY_GEMINI__CODE_ASSIST_URL", google_server.url)
+    monkeypatch.setenv("RELAY_GEMINI__API_URL", google_server.url)
     monkeypatch.setenv("RELAY_GEMINI__TOKEN_URL", google_server.url + "/token")
     return google_server
 
@@ -101,3 +103,29 @@ def test_an_api_key_account_and_bad_combinations(google: FakeGoogle, admin: Admi
     assert both.exit_code == 2 and "one of --api-key" in both.output
     broken = CliRunner().invoke(main, ["accounts", "add-gemini", "y", "--credentials-file", "-"], input="{}")
     assert broken.exit_code == 2 and "no access_token" in broken.output
+
+
+def test_accounts_test_sends_one_tiny_request_on_each_kind_of_gemini_account(
+    google: FakeGoogle, admin: Admin, cli: Callable[..., str], tmp_path: Path
+) -> None:
+    google.api_keys.add("AIzaSyProbeKey")
+    google.tokens["ya29.probe"] = PROJECT
+    cli("accounts", "add-gemini", "gemini-key", "--api-key", "AIzaSyProbeKey")
+    creds = tmp_path / "oauth_creds.json"
+    creds.write_text(json.dumps({"access_token": "ya29.probe", "expiry_date": (time.time() + 3600) * 1000}))
+    cli("accounts", "add-gemini", "google-probe", "--credentials-file", str(creds))
+    google.requests.clear()
+
+    for name in ("gemini-key", "google-probe"):
+        result = json.loads(cli("accounts", "test", name, "--format", "json"))
+        assert result["status"] == 200 and result["error"] is None, result
+    key_call, assist_call = google.requests
+    assert key_call.path == "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert key_call.headers["x-goog-api-key"] == "AIzaSyProbeKey"
+    assert assist_call.path == "/v1internal:generateContent" and assist_call.json()["project"] == PROJECT
+
+    google.handler = lambda seen: quota_exhausted("gemini-2.5-flash", 600)
+    limited = json.loads(cli("accounts", "test", "google-probe", "--format", "json", ok=False))  # exits 1
+    assert limited["status"] == 429 and "exhausted" in limited["error"]
+    listed = {a["name"]: a for a in json.loads(cli("accounts", "list", "--format", "json"))}
+    assert listed["google-probe"]["limited_families"] == "gemini-2.5-flash"

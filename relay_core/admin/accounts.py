@@ -28,6 +28,8 @@ from relay_core.oauth import TokenSet
 from relay_core.outbound import OutboundError
 from relay_core.probe import probe
 from relay_core.protocols.anthropic.health import judge
+from relay_core.protocols.gemini import health as gemini_health
+from relay_core.protocols.gemini import probe as gemini_probe
 from relay_core.runtime import Runtime
 from relay_core.times import iso_utc
 from relay_core.token_refresh import RefreshFailed
@@ -206,14 +208,29 @@ class AccountAdmin:
         runtime = self.runtime
         account = await runtime.refresher.usable(await self.get(name))
         secret = self.keyring.open(account.sealed_secret, account.id)
+        google = account.kind in (AccountKind.GEMINI_API_KEY, AccountKind.GEMINI_OAUTH)
+        if google and model.startswith("claude"):  # the command's default is a Claude model
+            model = gemini_probe.DEFAULT_MODEL
         try:
-            result = await probe(opened(account, self.keyring), secret, runtime.settings, model)
+            reach = opened(account, self.keyring)
+            if google:
+                result = await gemini_probe.probe(reach, secret, runtime.settings, model)
+            else:
+                result = await probe(reach, secret, runtime.settings, model)
         except OutboundError as exc:
             raise AdminError(f"account {name!r}: no answer: {exc}") from None
         rules = runtime.settings.health_rules
-        outcome = judge(
-            result.status, result.headers, result.body, account.kind, rules, allow_extra_usage=account.allow_extra_usage
-        )
+        if google:
+            outcome = gemini_health.judge(result.status, result.headers, result.body, account.kind, rules)
+        else:
+            outcome = judge(
+                result.status,
+                result.headers,
+                result.body,
+                account.kind,
+                rules,
+                allow_extra_usage=account.allow_extra_usage,
+            )
         await self.store.record_completion(account.id, outcome, rules)
         limits = {key: iso_utc(value) if key.endswith("reset") else value for key, value in result.limits().items()}
         return {
