@@ -193,19 +193,24 @@ def test_health_judgements() -> None:
 
 
 def test_refusals_tell_the_cli_whether_to_wait_or_stop() -> None:
-    retry = json.loads(
-        PROTOCOL.error_body(RelayError(429, "rate_limit_error", "busy", retry_after=7, should_retry=True), "r")
-    )
-    assert retry["error"]["status"] == "RESOURCE_EXHAUSTED"
-    reasons = {d.get("reason") for d in retry["error"]["details"]}
-    assert (
-        "RATE_LIMIT_EXCEEDED" in reasons
-        and {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"} in retry["error"]["details"]
-    )
-    final = json.loads(PROTOCOL.error_body(RelayError(429, "rate_limit_error", "spent", should_retry=False), "r"))
-    assert {d.get("reason") for d in final["error"]["details"]} == {"QUOTA_EXHAUSTED"}
-    assert "exhausted your capacity" not in json.dumps(final)  # that text makes the CLI sleep out any delay
-    assert PROTOCOL.error_type(json.dumps([final]).encode()) == "RESOURCE_EXHAUSTED"
+    """Gemini CLI waits out a RetryInfo delay of up to 300 s and retries; a longer one ends its run at once."""
+    soon = RelayError(429, "rate_limit_error", "busy", retry_after=7, should_retry=True)
+    retry = json.loads(PROTOCOL.error_body(soon, "r"))["error"]
+    assert retry["status"] == "RESOURCE_EXHAUSTED" and retry["message"] == "busy"
+    assert {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"} in retry["details"]
+    assert {d.get("reason") for d in retry["details"]} == {"RATE_LIMIT_EXCEEDED", None}
+    for final_error in (
+        RelayError(429, "rate_limit_error", "spent", should_retry=False),
+        RelayError(429, "rate_limit_error", "cooling for 3 h", retry_after=10800, should_retry=False),
+    ):
+        final = json.loads(PROTOCOL.error_body(final_error, "r"))["error"]
+        delays = [d["retryDelay"] for d in final["details"] if "retryDelay" in d]
+        assert len(delays) == 1 and int(delays[0].removesuffix("s")) > 300, final
+        assert "QUOTA_EXHAUSTED" in {d.get("reason") for d in final["details"]}
+        assert "exhausted your capacity" not in json.dumps(final)  # that text makes the CLI sleep out any delay
+    unauthorized = json.loads(PROTOCOL.error_body(RelayError(401, "authentication_error", "no key"), "r"))
+    assert unauthorized == {"error": {"code": 401, "message": "no key", "status": "UNAUTHENTICATED"}}
+    assert PROTOCOL.error_type(json.dumps([unauthorized]).encode()) == "UNAUTHENTICATED"
 
 
 def test_prices_use_googles_rates_and_names() -> None:

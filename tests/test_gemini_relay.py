@@ -363,3 +363,37 @@ def test_a_code_assist_session_stays_on_one_google_account(
     for seen in google.requests:
         used.setdefault(seen.json()["request"]["session_id"], set()).add(seen.headers["authorization"])
     assert all(len(tokens) == 1 for tokens in used.values()), used  # 8 turns each, one account each
+
+
+@pytest.mark.e2e
+def test_when_every_google_account_is_out_of_quota_the_cli_stops_at_once_instead_of_sleeping_hours(
+    gemini_installed: None,
+    relay: RelayProcess,
+    admin: Admin,
+    google: FakeGoogle,
+    gemini_cli: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    """Google's own answer ("exhausted your capacity", RetryInfo of hours) would make the CLI sleep out the
+    delay in silence; the relay answers instead that no account can serve, as a final quota error."""
+    team_key = admin.create_key("gemini-team")
+    add_google_account(gemini_cli, tmp_path, "google-a", TOKEN_A)
+    google.requests.clear()
+    google.handler = lambda seen: quota_exhausted(MODEL, 3 * 3600)
+
+    done = turn(relay, "code-assist", team_key, timeout=60)
+
+    assert done.returncode != 0 and done.seconds < 30, done.describe()
+    assert "cooling down" in done.stdout + done.stderr, done.describe()
+    assert google.calls() == ["POST /v1internal:streamGenerateContent"]  # one try: the account then rests
+    status, body = call(
+        relay,
+        "POST",
+        "/gemini/v1internal:generateContent",
+        {"authorization": f"Bearer {team_key}"},
+        {"model": MODEL, "request": {"contents": []}},
+    )
+    assert status == 429 and body["error"]["status"] == "RESOURCE_EXHAUSTED"
+    assert "QUOTA_EXHAUSTED" in {d.get("reason") for d in body["error"]["details"]}
+    assert "exhausted your capacity" not in json.dumps(body)
+    assert len(google.requests) == 1  # the resting account is not asked again

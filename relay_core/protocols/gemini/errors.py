@@ -1,9 +1,10 @@
 """Google's error envelope, so Gemini CLI handles the relay's refusals as it handles Google's own.
 
-The CLI reads `error.status` and `details`: a RetryInfo makes it wait that long and retry, and a 429 with
-ErrorInfo reason QUOTA_EXHAUSTED is final. So a refusal the client should retry carries RetryInfo (and
-RATE_LIMIT_EXCEEDED, which it retries after the delay), one it should not carries QUOTA_EXHAUSTED; the
-message never says "exhausted your capacity" (the CLI then sleeps out any delay, however long).
+Gemini CLI 0.61.0 sorts a 429 by its `details` (classifyGoogleError in its bundle): a RetryInfo delay of
+at most 300 s is waited out and retried; a longer one ends the run at once, with the message and
+"Suggested retry after". So a refusal worth retrying soon carries its short delay, and a final one a
+delay over that bound (the real wait when known). The message never says "exhausted your capacity": with
+that text the CLI keeps retrying, sleeping out any delay.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from typing import Any
 from relay_core.errors import RelayError
 
 DOMAIN = "claude-relay"
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+MAX_CLIENT_WAIT_S = 300  # Gemini CLI retries after a RetryInfo delay up to this; a longer one is final
+FINAL_WAIT_S = 3600  # the delay a final refusal names when its real wait is not known
 _STATUS = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -40,18 +45,17 @@ def google_status(status: int) -> str:
 def error_object(error: RelayError) -> dict[str, Any]:
     details: list[dict[str, Any]] = []
     if error.status == 429:
-        reason = "RATE_LIMIT_EXCEEDED" if error.should_retry is not False else "QUOTA_EXHAUSTED"
-        details.append(
-            {
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": reason,
-                "domain": DOMAIN,
-                "metadata": {"relay_error_type": error.error_type},
-            }
-        )
-    if error.retry_after is not None and error.should_retry is not False:
-        delay = f"{int(error.retry_after)}s"
-        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay})
+        wait = error.retry_after
+        final = error.should_retry is False or (wait is not None and wait > MAX_CLIENT_WAIT_S)
+        if final:
+            wait = max(wait or FINAL_WAIT_S, MAX_CLIENT_WAIT_S + 1)
+        info = {"relay_error_type": error.error_type}
+        reason = "QUOTA_EXHAUSTED" if final else "RATE_LIMIT_EXCEEDED"
+        details.append({"@type": ERROR_INFO, "reason": reason, "domain": DOMAIN, "metadata": info})
+        if wait is not None:
+            details.append({"@type": RETRY_INFO, "retryDelay": f"{int(wait)}s"})
+    elif error.retry_after is not None and error.should_retry is not False:
+        details.append({"@type": RETRY_INFO, "retryDelay": f"{int(error.retry_after)}s"})
     body: dict[str, Any] = {"code": error.status, "message": error.message, "status": google_status(error.status)}
     if details:
         body["details"] = details
