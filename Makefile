@@ -9,7 +9,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
-# Real clients the end-to-end tests drive (tests/clients: Claude Code, pinned by package.json + package-lock.json).
+# Real clients the end-to-end tests drive (tests/clients: Claude Code and Gemini CLI, pinned by package.json +
+# package-lock.json).
 CLIENTS := tests/clients
 CLIENTS_STAMP := $(CLIENTS)/node_modules/.installed-stamp
 
@@ -17,7 +18,7 @@ CLIENTS_STAMP := $(CLIENTS)/node_modules/.installed-stamp
 clients: $(CLIENTS_STAMP)
 
 $(CLIENTS_STAMP): $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
-	@command -v npm >/dev/null 2>&1 || { echo "error: npm not found. The real-client tests install Claude Code from $(CLIENTS)/package-lock.json with npm; install Node.js and npm (https://nodejs.org) and run make again." >&2; exit 1; }
+	@command -v npm >/dev/null 2>&1 || { echo "error: npm not found. The real-client tests install Claude Code and Gemini CLI from $(CLIENTS)/package-lock.json with npm; install Node.js and npm (https://nodejs.org) and run make again." >&2; exit 1; }
 	cd $(CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 

@@ -47,10 +47,13 @@ logger = logging.getLogger(__name__)
 
 MASK = b"[redacted]"
 _VIEW_ADDING_HOOKS = ("requestheaders", "tcp_start", "udp_start", "dns_request")
-_SECRET_HEADERS = frozenset({b"authorization", b"x-api-key", b"proxy-authorization", b"cookie", b"set-cookie"})
-# Anthropic credentials (sk-ant-api03-..., sk-ant-oat01-..., sk-ant-ort01-...), relay team keys (rk-...) and
-# the page's web tokens (rw-...); the kind prefix stays visible, which is what debugging needs.
-_CREDENTIAL = re.compile(rb"(sk-ant-[a-z]+[0-9]*-|\brk-|\brw-)[A-Za-z0-9_\-]{8,}")
+_SECRET_HEADERS = frozenset(
+    {b"authorization", b"x-api-key", b"x-goog-api-key", b"proxy-authorization", b"cookie", b"set-cookie"}
+)
+# Anthropic credentials (sk-ant-api03-..., sk-ant-oat01-..., sk-ant-ort01-...), Google's (AIza... API keys,
+# ya29. access tokens, 1// refresh tokens), relay team keys (rk-...) and the page's web tokens (rw-...); the
+# kind prefix stays visible, which is what debugging needs.
+_CREDENTIAL = re.compile(rb"(sk-ant-[a-z]+[0-9]*-|\brk-|\brw-|\bAIza|\bya29\.|(?<![\w/])1//)[A-Za-z0-9_\-.]{8,}")
 _AUTH_SCHEME = re.compile(rb"\s*(?:bearer|basic|digest)\s+", re.IGNORECASE)
 _TOKEN_FIELDS = (b"access_token", b"refresh_token", b"id_token", b"code_verifier", b"client_secret")
 _TOKEN_ENDPOINT_FIELDS = (*_TOKEN_FIELDS, b"code")  # "code" is too common a JSON key to mask in every body

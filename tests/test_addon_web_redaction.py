@@ -87,6 +87,27 @@ async def test_oauth_tokens_are_masked_in_token_endpoint_bodies_and_query_string
         assert json.loads(copy.response.content or b"")["expires_in"] == 28800  # what debugging needs stays
 
 
+async def test_gemini_credentials_are_masked_in_headers_paths_and_bodies() -> None:
+    api_key, access, refresh = "AIzaSyAccountKey0123456789abcdef", "ya29.a0AccessToken-xyz", "1//0gRefresh-abc123456"
+    view, redaction = View(), WebRedaction()
+    with taddons.context(view, redaction) as tctx:
+        flow = tflow.tflow()
+        flow.request.method = "POST"
+        flow.request.path = f"/v1beta/models/gemini-2.5-pro:generateContent?key={TEAM_KEY}&alt=sse"
+        flow.request.headers["x-goog-api-key"] = api_key  # as it goes upstream
+        flow.request.headers["authorization"] = f"Bearer {access}"
+        flow.request.content = json.dumps({"note": f"{access} {refresh} {api_key}"}).encode()
+        await run(tctx, flow)
+
+        [copy] = list(view)
+        shown = json.dumps(copy.get_state(), default=repr)
+        for secret in (api_key, access, refresh, TEAM_KEY):
+            assert secret not in shown
+        assert copy.request.headers["x-goog-api-key"] == "AIza[redacted]"
+        assert copy.request.headers["authorization"] == "Bearer ya29.[redacted]"
+        assert copy.request.path.endswith("?key=[redacted]&alt=sse")
+
+
 async def test_bodies_keep_their_head_and_tail_and_the_view_keeps_the_newest_flows() -> None:
     view, redaction = View(), WebRedaction()
     with taddons.context(view, redaction) as tctx:
