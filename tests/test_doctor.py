@@ -69,6 +69,12 @@ def env(
     return values
 
 
+def own_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store prefix no relay uses. A relay still running from another test (the session's `relay`) records
+    itself under the shared prefix, and doctor then probes that relay's upstream instead of this shell's."""
+    monkeypatch.setenv("RELAY_KEY_PREFIX", f"doctor-{secrets.token_hex(4)}")
+
+
 def cli(*args: str) -> Result:
     return CliRunner().invoke(main, list(args))
 
@@ -192,9 +198,7 @@ def test_wrong_secret_fails_and_status_writes_nothing(
 def test_dead_upstream_fails_doctor_not_status(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     dead_default, dead_base = f"http://127.0.0.1:{closed_port()}", f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("RELAY_UPSTREAM_URL", dead_default)
-    # A prefix of its own: a relay still running from another test (the session's `relay`) records itself
-    # under the shared prefix, and doctor then probes that relay's upstream instead of this shell's.
-    monkeypatch.setenv("RELAY_KEY_PREFIX", f"doctor-dead-{secrets.token_hex(4)}")
+    own_prefix(monkeypatch)
     ok("keys", "create", "alice")
     ok("accounts", "add-console", "default-route", "--api-key", API_KEY)
     ok("accounts", "add-console", "own-route", "--api-key", API_KEY, "--base-url", dead_base)
@@ -220,6 +224,7 @@ def test_credentials_in_urls_and_secret_values_with_a_scheme_stay_masked(
     """A password inside the upstream URL is neither probed with nor printed (it once crashed doctor and
     showed in the traceback), and a secret setting is masked even when its value looks like a URL."""
     password = "pw-DOCTOR-URL-0123456789"
+    own_prefix(monkeypatch)
     monkeypatch.setenv("RELAY_UPSTREAM_URL", upstream.url.replace("http://", f"http://user:{password}@", 1))
     monkeypatch.setenv("RELAY_WEB_PASSWORD", "x://" + WEB_PASSWORD)
     for args in (("doctor",), ("doctor", "--format", "json"), ("status", "--format", "json")):
