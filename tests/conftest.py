@@ -16,8 +16,10 @@ from cli.main import main
 from relay_core.oauth import OAuthConfig
 from relay_core.settings import Settings
 from tests.support.admin import Admin
+from tests.support.fake_google import FakeGoogle
 from tests.support.fake_oauth import FakeOAuth
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.gemini_cli import install_problem as gemini_install_problem
 from tests.support.relay_process import RelayProcess
 
 
@@ -41,6 +43,22 @@ def oauth_server() -> Iterator[FakeOAuth]:
     fake = FakeOAuth().start()
     yield fake
     fake.stop()
+
+
+@pytest.fixture(scope="session")
+def google_server() -> Iterator[FakeGoogle]:
+    """A fake Google (Code Assist, the Gemini API, its token endpoint); each test resets it for itself."""
+    fake = FakeGoogle().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def gemini_installed() -> None:
+    """The pinned Gemini CLI can run here (`make clients` installs it)."""
+    problem = gemini_install_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import json
 import time
 import urllib.parse
 from collections.abc import Callable
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,6 @@ from tests.support.fake_google import FakeGoogle
 from tests.support.fake_google import quota_exhausted
 
 ACCESS, REFRESH, PROJECT = "ya29.signed-in-access", "1//signed-in-refresh", "proj-signed-in"
-
-
-@pytest.fixture(scope="module")
-def google_server() -> Iterator[FakeGoogle]:
-    fake = FakeGoogle().start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import random
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,7 +25,6 @@ from tests.support.fake_google import usage_metadata
 from tests.support.fake_upstream import Reply
 from tests.support.fake_upstream import Seen
 from tests.support.gemini_cli import Method
-from tests.support.gemini_cli import install_problem
 from tests.support.gemini_cli import pinned_version
 from tests.support.gemini_cli import run_gemini
 
@@ -50,28 +48,14 @@ CAPTURED_CODE_ASSIST = [
 USERINFO = "CONNECT www.googleapis.com:443"  # Code Assist's userinfo call at start (reference §1), refused
 
 
-@pytest.fixture(scope="module")
-def gemini_installed() -> None:
-    problem = install_problem()
-    if problem:
-        pytest.fail(problem, pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeGoogle]:
-    fake = FakeGoogle().start()
-    yield fake
-    fake.stop()
-
-
 @pytest.fixture
-def google(server: FakeGoogle) -> FakeGoogle:
+def google(google_server: FakeGoogle) -> FakeGoogle:
     """The shared fake, clean, knowing one access token (of PROJECT) and one API key."""
-    server.reset()
-    server.tokens[TOKEN] = PROJECT
-    server.api_keys.add(API_KEY)
-    server.text = f"The fake Google answers, reply {random.randrange(10**6):06d}."
-    return server
+    google_server.reset()
+    google_server.tokens[TOKEN] = PROJECT
+    google_server.api_keys.add(API_KEY)
+    google_server.text = f"The fake Google answers, reply {random.randrange(10**6):06d}."
+    return google_server
 
 
 def run(google: FakeGoogle, method: Method, **options: Any) -> Any:

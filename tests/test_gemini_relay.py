@@ -14,7 +14,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from tests.support.fake_google import quota_exhausted
 from tests.support.fake_upstream import Reply
 from tests.support.fake_upstream import Seen
 from tests.support.gemini_cli import Method
-from tests.support.gemini_cli import install_problem
 from tests.support.gemini_cli import run_gemini
 from tests.support.relay_process import RelayProcess
 
@@ -39,20 +37,6 @@ MODEL = "gemini-2.5-pro"
 API_KEY = "AIzaSyRelayAccountKey000000000000000000"
 TOKEN_A, TOKEN_B = "ya29.relay-account-A-token", "ya29.relay-account-B-token"
 PROJECT_A, PROJECT_B = "proj-account-a", "proj-account-b"
-
-
-@pytest.fixture(scope="module")
-def gemini_installed() -> None:
-    problem = install_problem()
-    if problem:
-        pytest.fail(problem, pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def google_server() -> Iterator[FakeGoogle]:
-    fake = FakeGoogle().start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture
@@ -222,19 +206,22 @@ def test_a_quota_429_on_one_google_account_is_served_by_the_next(
     assert abs(until - (started + reset_s)) < 60, limited
 
 
-def gemini_request(relay: RelayProcess, team_key: str, model: str = MODEL) -> tuple[int, dict[str, Any]]:
-    """A plain Gemini API call as the SDK sends it (key in x-goog-api-key)."""
-    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).encode()
-    request = urllib.request.Request(
-        f"{relay.url}/gemini/v1beta/models/{model}:generateContent",
-        data=body,
-        headers={"content-type": "application/json", "x-goog-api-key": team_key},
-    )
+def call(relay: RelayProcess, method: str, path: str, headers: dict[str, str], body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{relay.url}{path}", data=data, method=method, headers=headers)
+    if data is not None:
+        request.add_header("content-type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=20) as answer:
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def gemini_request(relay: RelayProcess, team_key: str, model: str = MODEL) -> tuple[int, dict[str, Any]]:
+    """A plain Gemini API call as the SDK sends it (key in x-goog-api-key)."""
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    return call(relay, "POST", f"/gemini/v1beta/models/{model}:generateContent", {"x-goog-api-key": team_key}, body)
 
 
 @pytest.mark.e2e
@@ -298,18 +285,6 @@ def test_an_expired_google_token_is_refreshed_with_the_gemini_cli_client_before_
     assert form["client_id"] == [GEMINI_CLI_CLIENT_ID]
     assert google.requests[1].headers["authorization"] == "Bearer ya29.refreshed-token"
     assert google.requests[1].json()["project"] == PROJECT_A
-
-
-def call(relay: RelayProcess, method: str, path: str, headers: dict[str, str], body: Any = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{relay.url}{path}", data=data, method=method, headers=headers)
-    if data is not None:
-        request.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=20) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 @pytest.mark.e2e

@@ -70,11 +70,15 @@ class SseUsageMeter:
         if not data_lines:
             return
         try:
-            event = json.loads(b"\n".join(data_lines))
+            payload = json.loads(b"\n".join(data_lines))
         except ValueError:
             return
-        if isinstance(event, dict):
-            self._on_event(event)
+        self._on_payload(payload)
+
+    def _on_payload(self, payload: Any) -> None:
+        """One event's parsed data; a protocol whose events are shaped otherwise reads them here."""
+        if isinstance(payload, dict):
+            self._on_event(payload)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

@@ -7,7 +7,6 @@ GenerateContentResponse (wrapped in `response` on Code Assist). The last `usageM
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from relay_core.protocols.anthropic.sse import SseUsageMeter
@@ -16,15 +15,8 @@ from relay_core.protocols.gemini.usage import usage_from_metadata
 
 
 class GeminiStreamMeter(SseUsageMeter):
-    def _on_frame(self, frame: bytes) -> None:
-        data_lines = [line[5:].removeprefix(b" ") for line in frame.splitlines() if line.startswith(b"data:")]
-        if not data_lines:
-            return
-        try:
-            payload = json.loads(b"\n".join(data_lines))
-        except ValueError:
-            return
-        if isinstance(payload, list) and payload and isinstance(payload[0], dict):
+    def _on_payload(self, payload: Any) -> None:
+        if isinstance(payload, list) and payload:  # errors often come wrapped in an array
             payload = payload[0]
         if isinstance(payload, dict):
             self._on_event(payload)
