@@ -104,12 +104,13 @@ class ForwardRules:
                 f"(CONNECT host:443, then TLS); it does not proxy {host}:{port}.",
             )
         protocol, route = classify(method, path)
-        if path.split("?", 1)[0].rstrip("/") == METRICS_PATH or (
+        bare = path.split("?", 1)[0]  # a query may carry a key: never echoed
+        if bare.rstrip("/") == METRICS_PATH or (
             isinstance(route, Route) and route not in (Route.UNKNOWN, Route.BAD_PATH)
         ):
-            return RelayError(404, "not_found_error", f"The relay does not serve {method} {path} here.")
+            return RelayError(404, "not_found_error", f"The relay does not serve {method} {bare} here.")
         if protocol is not default_protocol() and not isinstance(route, Route):
-            return RelayError(404, "not_found_error", f"{host} does not serve {method} {path}.")
+            return RelayError(404, "not_found_error", f"{host} does not serve {method} {bare}.")
         return None
 
 

@@ -44,6 +44,7 @@ from tests.support.request_side_flows import refusal
 RULES = ForwardRules(
     intercept_hosts=frozenset({"api.anthropic.com"}), allow=frozenset({("statsig.example", 443), ("::1", 8443)})
 )
+GEMINI_PATH = "/gemini/v1beta/models/gemini-2.5-pro:generateContent"
 TLS_CLIENT_HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
 
 
@@ -92,7 +93,9 @@ def test_only_the_api_is_served_inside_an_intercepted_tunnel() -> None:
     for method, path in (("GET", "/health"), ("HEAD", "/"), ("GET", "/metrics"), ("GET", "/relay/"),
                          ("GET", "/relay/usage"), ("POST", "/relay/sign-in"), ("GET", "/metrics/")):  # fmt: skip
         assert outcome(method, path) == 404, path
-    assert outcome("POST", "/gemini/v1beta/models/gemini-2.5-pro:generateContent") == 404
+    assert outcome("POST", GEMINI_PATH) == 404
+    gemini = RULES.request_refusal("api.anthropic.com", 443, True, "POST", GEMINI_PATH + "?key=rk-secret")
+    assert gemini is not None and "rk-secret" not in gemini.message  # a key in the query is never echoed
     # Anything that did not come through an intercepted tunnel: absolute-form plain HTTP, other hosts.
     assert outcome("GET", "/", host="example.com", port=80, tls=False) == 403
     assert outcome("POST", "/v1/messages", port=80, tls=False) == 403
