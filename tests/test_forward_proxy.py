@@ -35,6 +35,7 @@ from relay_core.forward import ForwardRules
 from relay_core.forward import Tunnel
 from relay_core.forward import parse_host_port
 from relay_core.forward import proxy_key
+from relay_core.listener import forward_proxy_warning
 from relay_core.runtime import Runtime
 from relay_core.settings import Settings
 from tests.support.request_side_flows import add_key
@@ -339,3 +340,10 @@ def test_relay_ca_prints_the_path_and_pem_and_keeps_the_key_private(
     (confdir / "mitmproxy-ca.pem").chmod(0o644)
     assert cli("ca", "--pem") == pem
     assert stat.S_IMODE((confdir / "mitmproxy-ca.pem").stat().st_mode) == 0o600
+
+
+def test_a_forward_listener_beyond_loopback_that_tunnels_for_keys_warns_at_start() -> None:
+    assert forward_proxy_warning("127.0.0.1", ["statsig.example"]) is None  # keys stay on this machine
+    assert forward_proxy_warning("0.0.0.0", []) is None  # intercepted tunnels carry keys inside TLS
+    warning = forward_proxy_warning("0.0.0.0", ["statsig.example"])
+    assert warning is not None and "Proxy-Authorization" in warning and "in clear" in warning
