@@ -10,6 +10,7 @@ from addons.early_answers import EarlyAnswers
 from addons.error_pages import ErrorPages
 from addons.failover import Failover
 from addons.failover_stream import FailoverStream
+from addons.forward_proxy import ForwardProxy
 from addons.graceful_drain import GracefulDrain
 from addons.listener_tls import ListenerTls
 from addons.metrics import Metrics
@@ -37,6 +38,7 @@ def relay_chain(runtime: Runtime | None = None, warn_plain_http: bool = True) ->
             ErrorPages(),
             ConnectionCap(shared),
             ClientTimeouts(shared),
+            ForwardProxy(shared),  # before anything answers a request: the forward listener serves only the API
             Metrics(shared),
             ServiceEndpoints(shared),
             SelfService(shared),

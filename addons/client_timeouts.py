@@ -18,6 +18,7 @@ from mitmproxy import http
 
 from addons import proxy_connections
 from addons.relay_runtime import RelayRuntime
+from relay_core.forward import RAW_TUNNEL
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,17 @@ class ClientTimeouts:
         client_id = flow.client_conn.id
         self._in_flight.setdefault(client_id, set()).add(flow.id)
         self._disarm(client_id)
+
+    def http_connected(self, flow: http.HTTPFlow) -> None:
+        """A tunnel of the forward listener is open (its CONNECT's headers were complete). A raw one carries no
+        requests of the relay's, so no deadline runs on it (mitmproxy's tcp_timeout bounds its idleness); an
+        intercepted one must bring its first request like a kept-alive connection its next."""
+        if flow.metadata.get(RAW_TUNNEL):
+            self._disarm(flow.client_conn.id)
+        else:
+            self._arm(
+                flow.client_conn.id, self.shared.current().settings.client_idle_timeout_s, "client_idle_timeout_s"
+            )
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finished(flow)

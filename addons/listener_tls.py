@@ -5,16 +5,21 @@ its certificate store: by default one minted by its own CA. This puts the config
 that store under "*", the entry mitmproxy picks for any server name and for clients sending none
 (an IP address); the certificate file is also the chain file, so intermediates after the leaf are sent.
 The store is rebuilt whenever mitmproxy's own certificate options change, so the entry is put back then.
+With a forward-proxy listener the intercept hosts (api.anthropic.com) get entries of their own, minted by
+the CA as mitmproxy would: clients of the forward listener check that name, not the relay's.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 
+from cryptography import x509
 from mitmproxy import certs
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import tls
+from mitmproxy.proxy.mode_specs import RegularMode
 
 from addons.relay_runtime import RelayRuntime
 from relay_core.listener import ListenerCertificate
@@ -33,6 +38,7 @@ class ListenerTls:
         self.warn_plain_http = warn_plain_http  # `relay serve` warns once itself, before starting its workers
         self.certificate: ListenerCertificate | None = None
         self.entry: certs.CertStoreEntry | None = None
+        self.intercepted: dict[str, certs.CertStoreEntry] = {}  # forward intercept host -> its CA-minted entry
 
     def configure(self, updated: set[str]) -> None:
         if not self.shared.configured():
@@ -67,16 +73,39 @@ class ListenerTls:
         if self.entry is None:
             return
         store = getattr(ctx.master.addons.get("tlsconfig"), "certstore", None)
-        if store is not None and store.certs.get(ANY_SERVER_NAME) is not self.entry:
+        if store is None:
+            return
+        if store.certs.get(ANY_SERVER_NAME) is not self.entry:
             store.add_cert(self.entry, ANY_SERVER_NAME)
+        if self.shared.current().settings.forward_listen is not None:
+            self.install_intercepted(store)
+
+    def install_intercepted(self, store: certs.CertStore) -> None:
+        """The forward listener's intercept hosts keep certificates of the relay's CA: the "*" entry would
+        otherwise answer for them too, with a certificate of another name that no client accepts. An exact
+        name wins over "*" in mitmproxy's lookup; each is minted again a day before it expires."""
+        soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+        for host in self.shared.current().settings.forward_intercept_hosts:
+            entry = self.intercepted.get(host)
+            if entry is None or entry.cert.notafter < soon:
+                entry = certs.CertStoreEntry(
+                    cert=certs.dummy_cert(store.default_privatekey, store.default_ca._cert, host, [x509.DNSName(host)]),
+                    privatekey=store.default_privatekey,
+                    chain_file=store.default_chain_file,
+                    chain_certs=store.default_chain_certs,
+                )
+                self.intercepted[host] = entry
+            if store.certs.get(host) is not entry:
+                store.add_cert(entry, host)
 
     def running(self) -> None:
         if not self.warn_plain_http or not self.shared.configured():
             return
         server = ctx.master.addons.get("proxyserver")
         tls = self.shared.current().settings.tls_cert is not None or bool(ctx.options.certs)
-        for host, port, *_ in server.listen_addrs() if server else []:
-            warning = plain_http_warning(host, port, tls)
+        reverse = [i for i in (server.servers if server else []) if not isinstance(i.mode, RegularMode)]
+        for host, port, *_ in (address for instance in reverse for address in instance.listen_addrs):
+            warning = plain_http_warning(host, port, tls)  # a forward proxy's keys travel inside TLS tunnels
             if warning:
                 logger.warning(warning)
                 return  # once, however many sockets

@@ -7,9 +7,11 @@ import logging
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy.mode_specs import RegularMode
 
 from addons.common import OPTIONAL_TEXT
 from addons.fail_closed_gate import FailClosedGate
+from relay_core.listener import format_address
 from relay_core.pricing import load_prices
 from relay_core.runtime import Runtime
 from relay_core.runtime import SecretMismatchError
@@ -69,9 +71,14 @@ class RelayRuntime:
             # (a hook that raised, another script's addon, a router that never ran), no unrouted flow leaves.
             ctx.master.addons.add(FailClosedGate())
         server = ctx.master.addons.get("proxyserver")
-        for host, port, *_ in server.listen_addrs() if server else []:
-            logger.info("claude-relay listening at %s:%d", host, port)
-            self.current().presence.listening.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        instances = sorted(server.servers if server else [], key=lambda i: not isinstance(i.mode, RegularMode))
+        for instance in instances:  # the forward proxy's line first: tests wait for the base URL's as the last
+            for host, port, *_ in instance.listen_addrs:
+                if isinstance(instance.mode, RegularMode):
+                    logger.info("claude-relay forward proxy listening at %s:%d", host, port)
+                    continue
+                logger.info("claude-relay listening at %s:%d", host, port)
+                self.current().presence.listening.append(format_address(host, port))
 
     async def done(self) -> None:
         if self._runtime is not None:

@@ -8,6 +8,7 @@ from cli.accounts import accounts
 from cli.alerts import alerts
 from cli.backup import backup
 from cli.backup import restore
+from cli.ca import ca
 from cli.context import CliContext
 from cli.doctor import doctor
 from cli.doctor import status
@@ -47,6 +48,7 @@ main.add_command(store)
 main.add_command(alerts)
 main.add_command(backup)
 main.add_command(restore)
+main.add_command(ca)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 mitmdump loads about thirty built-in addons and every hook visits each of them; the relay needs
 four. The reverse-proxy target is a dead end on purpose: only the router sends flows anywhere.
-With `--workers N` a supervisor (cli/workers.py) runs N of these on one SO_REUSEPORT port.
+With `--workers N` a supervisor (cli/workers.py) runs N of these on one SO_REUSEPORT port. With
+`forward_listen` the same process also serves a forward-proxy listener (first-party mode,
+addons/forward_proxy.py) in mitmproxy's regular mode, on a socket bound here as well.
 The listening socket is bound here before the proxy starts, and the TLS certificate read, so that a
 relay that cannot serve says why in one line and exits non-zero (relay_core/listener.py).
 """
@@ -19,7 +21,9 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 from mitmproxy import options
@@ -31,12 +35,14 @@ from mitmproxy.master import Master
 from mitmproxy.proxy import mode_servers
 
 from addons.bundle import relay_chain
+from cli.ca import ensure_ca
 from cli.context import CliContext
 from cli.context import pass_cli_context
 from cli.workers import Supervisor
 from relay_core.listener import ListenerError
 from relay_core.listener import bind_listener
 from relay_core.listener import check_port_free
+from relay_core.listener import forward_proxy_warning
 from relay_core.listener import load_listener_certificate
 from relay_core.listener import plain_http_warning
 from relay_core.request_log import REQUEST_LOGGER
@@ -48,25 +54,33 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 logger = logging.getLogger(__name__)
 
 
-async def run_proxy(runtime: Runtime, sockets: list[socket.socket]) -> None:
-    """Serve on `sockets`, bound by check_listener."""
+async def run_proxy(runtime: Runtime, sockets: list[socket.socket], forward: list[socket.socket] | None = None) -> None:
+    """Serve on `sockets` (base URL) and `forward` (the forward-proxy listener, if any), bound by check_listener."""
     settings = runtime.settings
-    accept_on(sockets)
+    forward = forward or []
+    accept_on(sockets, forward)
     master = Master(options.Options())
-    master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig())
+    master.addons.add(core.Core(), proxyserver.Proxyserver(), tlsconfig.TlsConfig())
     master.addons.add(relay_chain(runtime, warn_plain_http=False))
+    master.addons.add(next_layer.NextLayer())  # after ForwardProxy, which picks the layers inside a tunnel itself
     confdir = settings.data_dir / "mitmproxy"
     confdir.mkdir(parents=True, exist_ok=True)
-    port = sockets[0].getsockname()[1]
     master.options.update(
-        mode=[f"reverse:{DEAD_END_TARGET}@{settings.listen_host}:{port}"],
-        connection_strategy="lazy",
-        confdir=str(confdir),
+        mode=listen_modes(settings, sockets, forward), connection_strategy="lazy", confdir=str(confdir)
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, master.shutdown)
     await master.run()
+
+
+def listen_modes(settings: Settings, sockets: list[socket.socket], forward: list[socket.socket]) -> list[str]:
+    """mitmproxy's modes: the base URL as a reverse proxy to the dead end, and the forward-proxy listener in
+    regular mode when there is one (first-party mode, addons/forward_proxy.py)."""
+    modes = [f"reverse:{DEAD_END_TARGET}@{settings.listen_host}:{sockets[0].getsockname()[1]}"]
+    if forward:
+        modes.append(f"regular@{settings.forward_host}:{forward[0].getsockname()[1]}")
+    return modes
 
 
 def run_optimized() -> None:
@@ -110,25 +124,38 @@ def raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def accept_on(sockets: list[socket.socket]) -> None:
-    """Make mitmproxy's reverse-proxy server accept on sockets bound beforehand instead of binding its own."""
+def accept_on(sockets: list[socket.socket], forward: list[socket.socket]) -> None:
+    """Make mitmproxy's reverse-proxy server (and its forward-proxy one) accept on sockets bound beforehand
+    instead of binding their own."""
 
-    async def listen(self: mode_servers.ReverseInstance, host: str, port: int) -> list[asyncio.Server]:
-        return [await asyncio.start_server(self.handle_stream, sock=sock) for sock in sockets]
+    def accepting(bound: list[socket.socket]) -> Callable[..., Coroutine[Any, Any, list[asyncio.Server]]]:
+        async def listen(self: mode_servers.AsyncioServerInstance[Any], host: str, port: int) -> list[asyncio.Server]:
+            return [await asyncio.start_server(self.handle_stream, sock=sock) for sock in bound]
 
-    mode_servers.ReverseInstance.listen = listen  # type: ignore[method-assign, assignment]
+        return listen
+
+    mode_servers.ReverseInstance.listen = accepting(sockets)  # type: ignore[method-assign, assignment]
+    mode_servers.RegularInstance.listen = accepting(forward)  # type: ignore[method-assign, assignment]
 
 
-def check_listener(settings: Settings, supervising: bool, shared_port: bool) -> list[socket.socket]:
-    """Read the TLS pair and take the port (a supervisor only checks it is free): bound sockets, or exit."""
+def check_listener(
+    settings: Settings, supervising: bool, shared_port: bool
+) -> tuple[list[socket.socket], list[socket.socket]]:
+    """Read the TLS pair and take the ports (a supervisor only checks they are free): the bound sockets of the
+    base-URL listener and of the forward-proxy one (none when it is off), or exit."""
     try:
         if settings.tls_cert is not None and settings.tls_key is not None:
             load_listener_certificate(settings.tls_cert, settings.tls_key)
+        addresses = [(settings.listen_host, settings.listen_port)]
+        if settings.forward_listen is not None:
+            addresses.append((settings.forward_host, settings.forward_port))
         if supervising:
-            if settings.listen_port:
-                check_port_free(settings.listen_host, settings.listen_port)
-            return []
-        return bind_listener(settings.listen_host, settings.listen_port, shared_port)
+            for host, port in addresses:
+                if port:
+                    check_port_free(host, port)
+            return [], []
+        bound = [bind_listener(host, port, shared_port) for host, port in addresses]
+        return bound[0], bound[1] if len(bound) > 1 else []
     except ListenerError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -153,6 +180,12 @@ def check_listener(settings: Settings, supervising: bool, shared_port: bool) -> 
     default=None,
     help="the certificate's PEM private key, no passphrase (default: RELAY_TLS_KEY)",
 )
+@click.option(
+    "--forward-listen",
+    default=None,
+    help="host:port of the forward-proxy listener for HTTPS_PROXY (first-party mode; default: RELAY_FORWARD_LISTEN,"
+    " unset: off)",
+)
 @click.option("--shared-port", is_flag=True, hidden=True, help="bind with SO_REUSEPORT (set by the supervisor)")
 @pass_cli_context
 def serve(
@@ -161,27 +194,33 @@ def serve(
     workers: int | None,
     tls_cert: Path | None,
     tls_key: Path | None,
+    forward_listen: str | None,
     shared_port: bool,
 ) -> None:
     """Run the relay."""
     run_optimized()
     configure_logging()
-    given = {"listen": listen, "tls_cert": tls_cert, "tls_key": tls_key}
+    given = {"listen": listen, "tls_cert": tls_cert, "tls_key": tls_key, "forward_listen": forward_listen}
     overrides = {name: value for name, value in given.items() if value is not None}
     settings = context.settings(**overrides)
     workers = workers or settings.workers
     supervising = workers > 1 and not shared_port
-    sockets = check_listener(settings, supervising, shared_port)
+    sockets, forward = check_listener(settings, supervising, shared_port)
     if not shared_port:  # once per relay, not per worker
         port = sockets[0].getsockname()[1] if sockets else settings.listen_port
-        warning = plain_http_warning(settings.listen_host, port, tls=settings.tls_cert is not None)
-        if warning:
+        warnings = [plain_http_warning(settings.listen_host, port, tls=settings.tls_cert is not None)]
+        if settings.forward_listen is not None:
+            warnings.append(forward_proxy_warning(settings.forward_host, settings.forward_allow_hosts))
+        for warning in filter(None, warnings):
             logger.warning(warning)
+        # The CA of the forward listener (and of TLS without tls_cert), made once here: workers starting
+        # together would each make one of their own, and all but one would mint with a CA nobody trusts.
+        ensure_ca(settings.data_dir / "mitmproxy")
     runtime = context.open_runtime(**overrides)
     if supervising:
         raise SystemExit(Supervisor(runtime, workers).run())
     raise_open_files_limit()
-    asyncio.run(run_proxy(runtime, sockets), loop_factory=loop_factory())
+    asyncio.run(run_proxy(runtime, sockets, forward), loop_factory=loop_factory())
     if runtime.refused:  # logged already; a service manager must see the failure
         raise SystemExit(1)
 

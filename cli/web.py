@@ -22,25 +22,27 @@ from addons.replay_refusal import ReplayRefusal
 from addons.web_redaction import WebRedaction
 from cli.context import CliContext
 from cli.context import pass_cli_context
-from cli.serve import DEAD_END_TARGET
 from cli.serve import LOG_FORMAT
 from cli.serve import accept_on
 from cli.serve import check_listener
+from cli.serve import listen_modes
 from cli.serve import loop_factory
 from cli.serve import raise_open_files_limit
 from relay_core.runtime import Runtime
 
 
-async def run_web(runtime: Runtime, sockets: list[socket.socket]) -> None:
+async def run_web(runtime: Runtime, sockets: list[socket.socket], forward: list[socket.socket]) -> None:
     settings = runtime.settings
-    accept_on(sockets)
+    accept_on(sockets, forward)
     master = WebMaster(options.Options(), with_termlog=False)
-    master.addons.add(ReplayRefusal(), relay_chain(runtime), WebRedaction())
+    builtin_next_layer = master.addons.get("nextlayer")
+    master.addons.remove(builtin_next_layer)  # back after ForwardProxy, which picks the layers inside a tunnel
+    master.addons.add(ReplayRefusal(), relay_chain(runtime), WebRedaction(), builtin_next_layer)
     confdir = settings.data_dir / "mitmproxy"
     confdir.mkdir(parents=True, exist_ok=True)
     web_host, _, web_port = settings.web_listen.rpartition(":")
     master.options.update(
-        mode=[f"reverse:{DEAD_END_TARGET}@{settings.listen_host}:{sockets[0].getsockname()[1]}"],
+        mode=listen_modes(settings, sockets, forward),
         connection_strategy="lazy",
         confdir=str(confdir),
         block_global=False,  # `relay serve` has no such check; clients may come through a load balancer
@@ -68,7 +70,7 @@ def web(context: CliContext, listen: str | None, web_listen: str | None) -> None
     logging.getLogger("mitmproxy.tools.web.master").setLevel(logging.INFO)  # "Web server listening at <login URL>"
     given = {"listen": listen, "web_listen": web_listen}
     overrides = {name: value for name, value in given.items() if value}
-    sockets = check_listener(context.settings(**overrides), supervising=False, shared_port=False)
+    sockets, forward = check_listener(context.settings(**overrides), supervising=False, shared_port=False)
     runtime = context.open_runtime(**overrides)
     raise_open_files_limit()
-    asyncio.run(run_web(runtime, sockets), loop_factory=loop_factory())
+    asyncio.run(run_web(runtime, sockets, forward), loop_factory=loop_factory())

@@ -31,6 +31,7 @@ from types import FrameType
 
 from prometheus_client import multiprocess
 
+from relay_core.listener import format_address
 from relay_core.metrics import MULTIPROC_ENV
 from relay_core.runtime import Runtime
 
@@ -88,6 +89,11 @@ class Supervisor:
     def __init__(self, runtime: Runtime, workers: int) -> None:
         settings = runtime.settings
         self.listen = f"{settings.listen_host}:{pick_port(settings.listen_host, settings.listen_port)}"
+        self.forward_listen = (  # the forward-proxy listener shares its port among the workers the same way
+            None
+            if settings.forward_listen is None
+            else format_address(settings.forward_host, pick_port(settings.forward_host, settings.forward_port))
+        )
         self.workers = workers
         # Workers find the embedded store (already started) and the secret (already created) as-is.
         self.metrics = metrics_dir(settings.data_dir)
@@ -103,7 +109,10 @@ class Supervisor:
             }
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "cli.main", "serve", "--listen", self.listen, "--shared-port"]
+        command = [sys.executable, "-m", "cli.main", "serve", "--listen", self.listen, "--shared-port"]
+        if self.forward_listen is not None:
+            command += ["--forward-listen", self.forward_listen]
+        return command
 
     def spawn(self) -> subprocess.Popen[bytes]:
         # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which passes it on once.
@@ -118,7 +127,8 @@ class Supervisor:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.forward)
-        logger.info("claude-relay: %d workers sharing %s", self.workers, self.listen)
+        forward = f" (forward proxy: {self.forward_listen})" if self.forward_listen else ""
+        logger.info("claude-relay: %d workers sharing %s%s", self.workers, self.listen, forward)
         self.procs = [self.spawn() for _ in range(self.workers)]
         self.started = [time.monotonic()] * self.workers
         while not self.stopping:

@@ -87,6 +87,17 @@ def plain_http_warning(host: str, port: int, tls: bool) -> str | None:
     return PLAIN_HTTP_WARNING.format(address=format_address(host, port))
 
 
+def forward_proxy_warning(host: str, allow_hosts: list[str]) -> str | None:
+    """The start-up warning for a forward listener other machines reach that tunnels hosts for a key: that key
+    travels in clear in the CONNECT's Proxy-Authorization (intercepted tunnels carry theirs inside TLS)."""
+    if not allow_hosts or is_loopback(host):
+        return None
+    return (
+        f"the forward proxy on {host} tunnels forward_allow_hosts for a team key in Proxy-Authorization, which "
+        "crosses the network in clear; keep it on a trusted network"
+    )
+
+
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

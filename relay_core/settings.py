@@ -7,10 +7,12 @@ drift; config/relay.example.toml explains each one.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from collections.abc import Iterable
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 from typing import Any
 from zoneinfo import ZoneInfo
 from zoneinfo import ZoneInfoNotFoundError
@@ -22,6 +24,7 @@ from pydantic import ValidationError
 from pydantic import field_validator
 from pydantic import model_validator
 from pydantic_settings import BaseSettings
+from pydantic_settings import NoDecode
 from pydantic_settings import PydanticBaseSettingsSource
 from pydantic_settings import SettingsConfigDict
 from pydantic_settings import TomlConfigSettingsSource
@@ -49,6 +52,22 @@ class Settings(BaseSettings):
         " Unset: TLS clients get one from mitmproxy's own CA in data_dir/mitmproxy",
     )
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert, without a passphrase")
+    # First-party mode (relay_core/forward.py): a second listener in forward-proxy mode, for HTTPS_PROXY.
+    forward_listen: str | None = Field(
+        None,
+        description="host:port of the forward-proxy listener (clients set HTTPS_PROXY to it and trust the relay's"
+        " CA, `relay ca`); unset: no such listener",
+    )
+    forward_intercept_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["api.anthropic.com"],
+        description="hosts whose CONNECT (port 443) the forward listener intercepts with the relay's CA and relays"
+        " like base-URL requests (comma-separated in the environment)",
+    )
+    forward_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="host or host:port (port 443 when left out) the forward listener tunnels untouched, for a"
+        " CONNECT carrying a valid team key in Proxy-Authorization; every other host is refused (403)",
+    )
     redis_url: str | None = Field(
         None,
         description="Redis/Valkey URL (redis://, rediss://, unix://; a cluster: redis+cluster://host:port[,host:port...]"
@@ -223,6 +242,31 @@ class Settings(BaseSettings):
             raise ValueError(f"listen must be host:port, got {value!r}")
         return value
 
+    @field_validator("forward_listen")
+    @classmethod
+    def _check_forward_listen(cls, value: str | None) -> str | None:
+        return None if value is None or not value.strip() else cls._check_listen(value.strip())
+
+    @field_validator("forward_intercept_hosts", "forward_allow_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        """A list (TOML), or in the environment a comma-separated string (a JSON list works too)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("forward_intercept_hosts", "forward_allow_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        from relay_core.forward import parse_host_port  # relay_core.forward imports these settings
+
+        for entry in value:
+            parse_host_port(entry)
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _check_timezone(cls, value: str) -> str:
@@ -243,6 +287,8 @@ class Settings(BaseSettings):
     def _check_tls_pair(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.forward_listen is not None and self.forward_port and self.forward_port == self.listen_port:
+            raise ValueError("forward_listen needs a port of its own, not the listen port")
         return self
 
     @property
@@ -263,6 +309,16 @@ class Settings(BaseSettings):
     @property
     def listen_port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    @property
+    def forward_host(self) -> str:
+        assert self.forward_listen is not None
+        return self.forward_listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def forward_port(self) -> int:
+        assert self.forward_listen is not None
+        return int(self.forward_listen.rpartition(":")[2])
 
     @classmethod
     def settings_customise_sources(

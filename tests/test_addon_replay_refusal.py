@@ -19,6 +19,7 @@ from addons.replay_refusal import ReplayRefusal
 from relay_core.flow_state import METADATA_KEY
 from relay_core.models import TeamKey
 from relay_core.runtime import Runtime
+from tests.support.request_side_flows import BASE_URL_MODE
 from tests.support.response_side_flows import TEAM_KEY
 from tests.support.response_side_flows import account
 from tests.support.response_side_flows import fresh_runtime
@@ -33,6 +34,7 @@ async def runtime(valkey_url: str, tmp_path: Path) -> AsyncIterator[Runtime]:
 
 def messages_flow(replayed: bool) -> http.HTTPFlow:
     flow = tflow.tflow()
+    flow.client_conn.proxy_mode = BASE_URL_MODE
     flow.request.method, flow.request.path = "POST", "/v1/messages"
     flow.request.headers["x-api-key"] = TEAM_KEY
     flow.request.headers["content-type"] = "application/json"

@@ -125,6 +125,7 @@ def test_target_of_base_urls() -> None:
         ("HEAD", "/", Route.PROBE),
         ("GET", "/health", Route.HEALTH),
         ("POST", "/api/event_logging/batch", AnthropicRoute.TELEMETRY),
+        ("POST", "/api/event_logging/v2/batch", AnthropicRoute.TELEMETRY),  # Claude Code to api.anthropic.com
         ("GET", "/v1/messages", Route.UNKNOWN),
         ("POST", "/v1/messages/batches", Route.UNKNOWN),
         ("DELETE", "/v1/files/x", Route.UNKNOWN),

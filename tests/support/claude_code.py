@@ -90,8 +90,15 @@ class ClaudeCode:
     """
 
     def __init__(
-        self, home: Path, cwd: Path, base_url: str, token: str, model: str, extra_env: dict[str, str] | None = None
+        self,
+        home: Path,
+        cwd: Path,
+        base_url: str | None,
+        token: str,
+        model: str,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
+        """`base_url` None: Claude Code's own default (api.anthropic.com), e.g. behind HTTPS_PROXY in extra_env."""
         self.home, self.cwd, self.base_url, self.token, self.model = home, cwd, base_url, token, model
         self.extra_env = dict(extra_env or {})  # e.g. NODE_EXTRA_CA_CERTS for a relay serving HTTPS
         for path in (home, cwd, home / "tmp"):
@@ -110,7 +117,6 @@ class ClaudeCode:
             "XDG_CACHE_HOME": f"{home}/.cache",
             "XDG_DATA_HOME": f"{home}/.local/share",
             "XDG_STATE_HOME": f"{home}/.local/state",
-            "ANTHROPIC_BASE_URL": self.base_url,
             "ANTHROPIC_AUTH_TOKEN": self.token,
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "DISABLE_TELEMETRY": "1",
@@ -118,6 +124,8 @@ class ClaudeCode:
             # A failing relay shows up as a quick error result, not ten backed-off retries into the timeout.
             "CLAUDE_CODE_MAX_RETRIES": "2",
         }
+        if self.base_url is not None:
+            env["ANTHROPIC_BASE_URL"] = self.base_url
         shell = shutil.which("bash")
         if shell:
             env["SHELL"] = shell
@@ -225,6 +233,11 @@ class ClientTap:
             for sock, how in ((sink, socket.SHUT_WR), (source, socket.SHUT_RD)):
                 with contextlib.suppress(OSError):
                     sock.shutdown(how)
+
+    def streams(self) -> list[bytes]:
+        """Every byte the client sent, one entry per connection (for a proxy: its CONNECT, then TLS)."""
+        with self._lock:
+            return [bytes(s) for s in self._streams]
 
     def requests(self) -> list[Sent]:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LISTENING = re.compile(r"claude-relay listening at 127\.0\.0\.1:(\d+)")
+FORWARD_LISTENING = re.compile(r"claude-relay forward proxy listening at 127\.0\.0\.1:(\d+)")
+FORWARD_ENV = "RELAY_FORWARD_LISTEN"
 WORKERS = 2
 
 
@@ -35,6 +38,7 @@ class RelayProcess:
         self.scheme = scheme  # of `url`: https when the relay was given a certificate
         self.output: list[str] = []
         self.port: int | None = None
+        self.forward_port: int | None = None  # the forward-proxy listener's, when RELAY_FORWARD_LISTEN is set
         self._proc: subprocess.Popen[str] | None = None
 
     def command(self) -> list[str]:
@@ -58,6 +62,13 @@ class RelayProcess:
             "--set",
             f"confdir={confdir}",
         ]
+        if self.env.get(FORWARD_ENV):  # mitmdump listens where its modes say; the addons read the setting
+            host, _, port = self.env[FORWARD_ENV].rpartition(":")
+            if port == "0":  # mitmdump takes port 0 only once per address
+                with socket.socket() as probe:
+                    probe.bind((host, 0))
+                    port = str(probe.getsockname()[1])
+            command[1:1] = ["--mode", f"regular@{host}:{port}"]
         for script in self.extra_scripts:
             command += ["-s", str(script)]
         return command + self.args
@@ -74,6 +85,9 @@ class RelayProcess:
             assert self._proc and self._proc.stdout
             for line in self._proc.stdout:
                 self.output.append(line)
+                forward = FORWARD_LISTENING.search(line)
+                if forward:  # logged before the base URL's line, by each process
+                    self.forward_port = int(forward.group(1))
                 match = LISTENING.search(line)
                 if match:
                     listeners -= 1
@@ -84,7 +98,7 @@ class RelayProcess:
 
         threading.Thread(target=pump, daemon=True).start()
         ready.wait(timeout)
-        if self.port is None:
+        if self.port is None or (self.env.get(FORWARD_ENV) and self.forward_port is None):
             self.stop()
             raise RuntimeError("relay did not start:\n" + "".join(self.output))
         return self
@@ -92,6 +106,12 @@ class RelayProcess:
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def forward_url(self) -> str:
+        """The forward-proxy listener as HTTPS_PROXY names it."""
+        assert self.forward_port is not None
+        return f"http://127.0.0.1:{self.forward_port}"
 
     @property
     def pid(self) -> int:

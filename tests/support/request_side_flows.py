@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
 from mitmproxy.test import tutils
 
@@ -27,6 +28,9 @@ from relay_core.settings import Settings
 MODEL = "claude-sonnet-4-5"
 CLAUDE_CODE_HEADERS = {"user-agent": "claude-cli/2.1.332 (external, cli)", "x-app": "cli"}
 CLAUDE_CODE_SYSTEM = [{"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude."}]
+# The base-URL listener's mode (cli/serve.py); mitmproxy's test flows default to a forward proxy's ("regular"),
+# whose flows the ForwardProxy addon refuses unless they came through an intercepted tunnel.
+BASE_URL_MODE = ProxyMode.parse("reverse:http://127.0.0.1:9@127.0.0.1:0")
 
 
 @contextlib.asynccontextmanager
@@ -89,6 +93,7 @@ def request_flow(
     )
     flow = tflow.tflow(req=request)
     flow.client_conn.timestamp_end = None  # the client is still connected
+    flow.client_conn.proxy_mode = BASE_URL_MODE
     return flow
 
 

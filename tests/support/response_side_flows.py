@@ -28,6 +28,7 @@ from relay_core.runtime import Runtime
 from relay_core.settings import Settings
 from tests.support.fake_upstream import OPUS_EXAMPLE_USAGE
 from tests.support.fake_upstream import message_json
+from tests.support.request_side_flows import BASE_URL_MODE
 
 MODEL = "claude-opus-4-8"
 TEAM_KEY = "rk-team-key-0123456789abcdef"  # the secret a client would present (never to be logged)
@@ -89,6 +90,7 @@ def routed_flow(
     account's credential in its headers as it went upstream (the client's team key in `x-relay-client-key`,
     a header only these tests add, so a test can check that neither ever shows up anywhere)."""
     flow = tflow.tflow()
+    flow.client_conn.proxy_mode = BASE_URL_MODE
     flow.request.method = "POST"
     flow.request.path = "/v1/messages"
     flow.request.headers["authorization"] = f"Bearer {ACCOUNT_TOKEN}"

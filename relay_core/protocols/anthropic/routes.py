@@ -35,6 +35,6 @@ def classify(method: str, path: str) -> AnthropicRoute | None:
             return AnthropicRoute.MODELS
         case "GET", _ if path.startswith("/v1/models/") and path.count("/") == 3:
             return AnthropicRoute.MODELS
-        case "POST", "/api/event_logging/batch":
+        case "POST", "/api/event_logging/batch" | "/api/event_logging/v2/batch":  # v2: to api.anthropic.com itself
             return AnthropicRoute.TELEMETRY
     return None
