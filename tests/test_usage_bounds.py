@@ -77,6 +77,7 @@ async def test_a_key_report_reads_only_its_own_usage_however_large_the_team_s(st
             "partial": 0,
             "unpriced": 0,
             "estimated": 0,
+            "quota": 0,
             "cost_usd": 0.001,
         }
     ]
