@@ -181,10 +181,12 @@ class Router:
         headers.update(protocol.upstream_headers(account, secret, headers, settings))
         assert state.client_request is not None
         client_body = state.client_request[2]
-        if client_body is not None:
+        if client_body is not None:  # a protocol may send each account a body of its own (Code Assist: its project)
             body = protocol.upstream_body(state.route, client_body, account)
-            if body is not None or flow.request.raw_content is not client_body:
-                flow.request.content = client_body if body is None else body
+            if body is not None:
+                flow.request.content = body  # sets content-length
+            elif flow.request.raw_content is not client_body:
+                flow.request.raw_content = client_body  # the client's bytes, under its own headers again
 
         reach = opened(account, runtime.keyring)  # with its URL credentials: used here, never kept on the flow
         target = target_of(reach.base_url or protocol.default_base_url(state.route, settings))

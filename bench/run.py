@@ -99,8 +99,8 @@ async def bench(cfg: Config) -> tuple[list[Row], dict[str, Any], str]:
             rows += await scenarios.workers_vs_one(Target.make("workers", port, stack.team_key), WORKERS)
         print(f"  workers: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
         started = time.monotonic()
-        with bare_proxy(stack) as port:
-            rows += await scenarios.bare_proxy(Target.make("bare", port, stack.team_key))
+        with bare_proxy(stack) as (port, pid):
+            rows += await scenarios.bare_proxy(Target.make("bare", port, stack.team_key), pid)
         print(f"  bare proxy core: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
         details = {**scenarios.details, "relay_log_lines_during_run": stack.relay.line_count - lines_before}
         return rows, details, stack.relay.log()

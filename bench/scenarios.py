@@ -333,10 +333,13 @@ class Scenarios:
             Row(f"f. requests/s @{n}, {count} workers / 1 process", None, many / one if one else float("nan")),
         ]
 
-    async def bare_proxy(self, bare: Target) -> list[Row]:
-        """g. The small-request scenarios (a, b) through `relay serve`'s proxy core without the relay's addons."""
+    async def bare_proxy(self, bare: Target, bare_pid: int) -> list[Row]:
+        """g. The small-request scenarios (a, b) through `relay serve`'s proxy core without the relay's addons,
+        with each one's CPU per request under the same load: the floor under the relay's."""
         cfg = self.cfg
         targets = (self.direct, self.relay, bare)
+        pids = {self.relay.name: self.relay_pid, bare.name: bare_pid}
+        cpu = {name: [0.0] for name in pids}
         serial_conns = {t.name: Conn(t.port) for t in targets}
         latencies: dict[str, list[float]] = {t.name: [] for t in targets}
         loads = {t.name: await open_conns(t.port, cfg.concurrency) for t in targets}
@@ -351,7 +354,9 @@ class Scenarios:
                     latencies[t.name] += [x.total_s for x in batch]
             for i in range(cfg.rounds):
                 for t in targets[i % 3 :] + targets[: i % 3]:
-                    tallies[t.name].merge(await closed_loop(loads[t.name], t.plain, cfg.duration / cfg.rounds))
+                    metered = cpu_meter(pids[t.name], cpu[t.name]) if t.name in pids else contextlib.nullcontext()
+                    with metered:
+                        tallies[t.name].merge(await closed_loop(loads[t.name], t.plain, cfg.duration / cfg.rounds))
         finally:
             for conn in serial_conns.values():
                 conn.close()
@@ -362,7 +367,11 @@ class Scenarios:
         d, relay, plain = (tallies[t.name].per_second for t in targets)
         p50 = {name: ms(percentile(values, 50)) for name, values in latencies.items()}
         n = cfg.concurrency
+        per_request = {name: ms(cpu[name][0] / tallies[name].ok) if tallies[name].ok else float("nan") for name in pids}
+        relay_cpu, bare_cpu = per_request[self.relay.name], per_request[bare.name]
         return [
+            Row("g. bare proxy core CPU per request (ms)", None, bare_cpu),
+            Row("g. relay / bare proxy core CPU per request", None, relay_cpu / bare_cpu if bare_cpu else float("nan")),
             Row("g. bare proxy core serial latency p50 (ms)", p50[self.direct.name], p50[bare.name], "added"),
             Row("g. relay's own addons, serial p50 (ms)", None, p50[self.relay.name] - p50[bare.name]),
             Row(f"g. bare proxy core requests/s @{n}", d, plain, "ratio"),

@@ -112,11 +112,11 @@ def workers_relay(stack: Stack, workers: int) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def bare_proxy(stack: Stack) -> Iterator[int]:
-    """`relay serve`'s proxy core alone (bench/bare_proxy.py) to the same upstream; yields its port."""
+def bare_proxy(stack: Stack) -> Iterator[tuple[int, int]]:
+    """`relay serve`'s proxy core alone (bench/bare_proxy.py) to the same upstream; yields its port and pid."""
     command = [sys.executable, "-O", "-m", "bench.bare_proxy", f"http://127.0.0.1:{stack.upstream_port}"]
     child = Child("bare proxy", command, BARE_READY, clean_env())
     try:
-        yield child.start()
+        yield child.start(), child.pid
     finally:
         child.stop()

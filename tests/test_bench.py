@@ -41,6 +41,8 @@ def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     assert not failed, failed
     together = next(row for name, row in rows.items() if name.startswith("e. streams open together"))
     assert together["relay"] == together["direct"] == 100, together
+    floor = rows["g. relay / bare proxy core CPU per request"]["relay"]
+    assert floor > 1, floor  # the relay's addons cost something on top of the core they run on
     for name, row in rows.items():
         if "store round trips" in name:
             assert 1 <= row["relay"] <= 4, (name, row)
