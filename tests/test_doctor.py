@@ -69,10 +69,13 @@ def env(
     return values
 
 
-def own_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+def own_prefix(monkeypatch: pytest.MonkeyPatch) -> str:
     """A store prefix no relay uses. A relay still running from another test (the session's `relay`) records
-    itself under the shared prefix, and doctor then probes that relay's upstream instead of this shell's."""
-    monkeypatch.setenv("RELAY_KEY_PREFIX", f"doctor-{secrets.token_hex(4)}")
+    itself under the shared prefix every second: doctor would probe that relay's upstream instead of this
+    shell's, and the store would never stay empty."""
+    prefix = f"doctor-{secrets.token_hex(4)}"
+    monkeypatch.setenv("RELAY_KEY_PREFIX", prefix)
+    return prefix
 
 
 def cli(*args: str) -> Result:
@@ -164,13 +167,12 @@ def test_dead_store_fails_fast_without_leaking_its_password(
     assert json.loads(cli("status", "--format", "json").output)["settings"]["redis_url"].startswith("redis://:***@")
 
 
-def test_wrong_secret_fails_and_status_writes_nothing(
-    env: dict[str, str], settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_wrong_secret_fails_and_status_writes_nothing(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    prefix = own_prefix(monkeypatch)
     ok("accounts", "add-console", "console-1", "--api-key", API_KEY)
     assert levels(cli("status", "--format", "json"))["secret"] == "ok"
     client = redis.Redis.from_url(env["RELAY_REDIS_URL"])
-    meta = f"{{{settings.key_prefix}}}:meta"
+    meta = f"{{{prefix}}}:meta"
     claimed = client.hget(meta, "secret_fingerprint")
     assert claimed == Keyring(env["RELAY_SECRET_KEY"]).fingerprint.encode()
 
@@ -186,12 +188,13 @@ def test_wrong_secret_fails_and_status_writes_nothing(
 
     # A new store: reported as such, and left new (no fingerprint claimed, nothing written at all).
     monkeypatch.setenv("RELAY_SECRET_KEY", env["RELAY_SECRET_KEY"])
-    client.flushdb()
+    ours = f"{{{prefix}}}:*"
+    client.delete(*client.keys(ours))
     result = cli("status", "--format", "json")
     assert levels(result)["secret"] == "warn" and "new" in checks(result)["secret"]["detail"]
     assert levels(result)["accounts"] == "FAIL" and result.exit_code == 1  # nothing could serve a request
     cli("doctor")
-    assert client.dbsize() == 0
+    assert client.keys(ours) == []
     client.close()
 
 
