@@ -18,6 +18,7 @@ from cli.main import main
 from relay_core.admin.service import AdminService
 from relay_core.runtime import Runtime
 from relay_core.settings import Settings
+from relay_core.store.names import KeyNames
 from tests.support.admin import Admin
 from tests.support.cli_dataset import USAGE_DAYS
 from tests.support.cli_dataset import build_team
@@ -92,10 +93,14 @@ def test_tables_fit_120_columns_and_print_no_python_structures(team: None, cli: 
         assert "{" not in out and "[" not in out and "None" not in out, command
 
 
-def store_dump(valkey_url: str) -> dict[bytes, Any]:
+def store_dump(valkey_url: str, settings: Settings) -> dict[bytes, Any]:
+    """Every key the CLI could write, as DUMP bytes. A relay still running from another test (the session's
+    `relay`) beats under the same prefix every second; its presence keys are its writes, not the CLI's."""
+    names = KeyNames(settings.key_prefix)
+    heartbeat = {names.k_instances.encode(), names.k_relays.encode()}
     client = redis.Redis.from_url(valkey_url)
     try:
-        return {name: client.dump(name) for name in client.scan_iter(match="{relaytest}*")}
+        return {name: client.dump(name) for name in client.scan_iter(match=names.tag + "*") if name not in heartbeat}
     finally:
         client.close()
 
@@ -120,13 +125,13 @@ INVALID = [
 
 @pytest.mark.parametrize("command", INVALID, ids=lambda c: " ".join(c).replace("\n", "\\n"))
 def test_invalid_input_is_one_line_exit_2_and_writes_nothing(
-    team: None, cli: Callable[..., str], valkey_url: str, command: tuple[str, ...]
+    team: None, cli: Callable[..., str], valkey_url: str, settings: Settings, command: tuple[str, ...]
 ) -> None:
-    before = store_dump(valkey_url)
+    before = store_dump(valkey_url, settings)
     result = CliRunner().invoke(main, list(command))
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("Error: "), result.output
-    assert store_dump(valkey_url) == before
+    assert store_dump(valkey_url, settings) == before
 
 
 def test_a_bad_setting_is_one_line_exit_2(cli: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
