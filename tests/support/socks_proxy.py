@@ -62,8 +62,14 @@ class SocksProxy:
         """`host:port` of every tunnel opened so far, in order."""
         return [match.group(1) for line in list(self.output) if (match := TUNNEL.match(line))]
 
-    def refused_logins(self) -> int:
-        return sum("Unauthorized SOCKS" in line for line in list(self.output))
+    def refused_logins(self, at_least: int = 0, timeout: float = 5) -> int:
+        """Logins refused so far, once at least `at_least` were logged (pproxy logs after it answers)."""
+        deadline = time.monotonic() + timeout
+        while (count := sum("Unauthorized SOCKS" in line for line in list(self.output))) < at_least:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        return count
 
     def wait_for(self, count: int, timeout: float = 5) -> list[str]:
         """The tunnels once at least `count` were logged (pproxy logs a line after it answers the client)."""
