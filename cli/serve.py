@@ -45,6 +45,7 @@ from relay_core.listener import check_port_free
 from relay_core.listener import forward_proxy_warning
 from relay_core.listener import load_listener_certificate
 from relay_core.listener import plain_http_warning
+from relay_core.log_buffer import TurnBufferedHandler
 from relay_core.request_log import REQUEST_LOGGER
 from relay_core.runtime import Runtime
 from relay_core.settings import Settings
@@ -104,11 +105,18 @@ def run_optimized() -> None:
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no line per connection
+    # No format here shows where, in which thread or task a line was logged: skip finding out (the
+    # logging HOWTO's "Optimization" list); the process id stays.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False  # type: ignore[attr-defined]  # Python 3.12+, not in typeshed
     # The line per request goes straight to stderr: through the root logger mitmproxy would also turn
     # each into a deprecated `add_log` event, a cross-thread loop wake-up and a hook call per addon.
+    # The lines of one loop turn go out in one write (relay_core/log_buffer.py).
     request_log = logging.getLogger(REQUEST_LOGGER)
     if not request_log.handlers:
-        handler = logging.StreamHandler()
+        handler = TurnBufferedHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         request_log.addHandler(handler)
     request_log.propagate = False

@@ -13,6 +13,22 @@ from relay_core.store.client import StoreClient
 
 _ADMIT = ("now_ms", "admit")
 
+# Parsed records by their stored JSON: every request reads its key and every account, which rarely
+# change; a changed record is other bytes, so it is parsed again. The records are shared between
+# requests and never changed in place on the request path (admin changes re-read the store).
+_PARSED_MAX = 1024
+_KEYS: dict[bytes, TeamKey] = {}
+_ACCOUNTS: dict[bytes, Account] = {}
+
+
+def _parsed[Record: (TeamKey, Account)](cache: dict[bytes, Record], model: type[Record], stored: bytes) -> Record:
+    record = cache.get(stored)
+    if record is None:
+        if len(cache) >= _PARSED_MAX:  # records that changed many times: start over
+            cache.clear()
+        record = cache[stored] = model.model_validate_json(stored)
+    return record
+
 
 class Admissions(StoreClient):
     async def admit(
@@ -45,9 +61,9 @@ class Admissions(StoreClient):
         if not found:
             return None
         key_json, account_jsons, lease, healths, sticky, refusal = found
-        accounts = [Account.model_validate_json(v) for v in account_jsons]
+        accounts = [_parsed(_ACCOUNTS, Account, v) for v in account_jsons]
         return Admission(
-            key=TeamKey.model_validate_json(key_json),
+            key=_parsed(_KEYS, TeamKey, key_json),
             accounts=accounts,
             lease=int(lease),
             health={a.id: _health(flat) for a, flat in zip(accounts, healths, strict=True)},

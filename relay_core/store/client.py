@@ -19,11 +19,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import RedisError
 
 from relay_core.store.lua import lua
 from relay_core.store.names import KeyNames
+from relay_core.store.script_batch import ScriptBatcher
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -81,25 +83,35 @@ class StoreClient(KeyNames):
         self._slots = asyncio.Semaphore(max_connections)
         self.zone = ZoneInfo(timezone)
         self._scripts: dict[tuple[str, ...], AsyncScript] = {}
+        self._batch = (
+            None
+            if isinstance(self.redis, RedisCluster)
+            else ScriptBatcher(self.redis, self._take_slot, self._slots.release)
+        )
 
     async def close(self) -> None:
         await self.redis.aclose()
 
+    async def _take_slot(self) -> None:
+        """A connection slot, waited for within the store timeout; StoreError if none frees up."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # a free slot: taken without suspending
+            return
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise StoreError(
+                f"all {self.max_connections} store connections stayed busy for {self.timeout_s:g} s"
+            ) from None
+
     async def _call(self, awaitable: Any) -> Any:
         """Runs one store call on a free connection and turns every driver failure into StoreError."""
         try:
-            if self._slots.locked():
-                async with asyncio.timeout(self.timeout_s):
-                    await self._slots.acquire()
-            else:
-                await self._slots.acquire()  # a free slot: taken without suspending
-        except BaseException as exc:  # timed out or cancelled while waiting: the call never starts
+            await self._take_slot()
+        except BaseException:  # timed out or cancelled while waiting: the call never starts
             if inspect.iscoroutine(awaitable):
                 awaitable.close()
-            if isinstance(exc, TimeoutError):
-                raise StoreError(
-                    f"all {self.max_connections} store connections stayed busy for {self.timeout_s:g} s"
-                ) from None
             raise
         try:
             return await self._unbounded(awaitable)
@@ -117,11 +129,22 @@ class StoreClient(KeyNames):
     async def _run(
         self, script: tuple[str, ...], keys: Sequence[str], args: Sequence[str | int | float | bytes]
     ) -> Any:
-        """One call of the Lua files `script` (joined in order), registered with the client on first use."""
+        """One call of the Lua files `script` (joined in order), registered with the client on first use.
+        On a single server it joins the loop turn's batch (script_batch.py), and a server that lost its
+        script cache (restarted, flushed) is given the script again; on a cluster redis-py routes it."""
         registered = self._scripts.get(script)
         if registered is None:
             registered = self._scripts[script] = self.redis.register_script(lua(*script))
-        return await self._call(registered(keys=keys, args=args))
+        if self._batch is None:
+            return await self._call(registered(keys=keys, args=args))
+        command = ("EVALSHA", registered.sha, len(keys), *keys, *args)
+        try:
+            return await self._unbounded(self._batch.send(*command))
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, NoScriptError):
+                raise
+        await self._unbounded(self._batch.send("SCRIPT", "LOAD", lua(*script)))  # in this turn's batch too
+        return await self._unbounded(self._batch.send(*command))
 
     async def ping(self) -> bool:
         return bool(await self._call(self.redis.ping()))

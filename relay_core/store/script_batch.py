@@ -1,0 +1,106 @@
+"""Script calls made in one turn of the event loop go to the server together (auto-pipelining).
+
+Every request makes two script calls (admission, completion). Through redis-py's generic command path
+each pays a pool checkout, a retry wrapper, command packing in Python and a write and a wake-up of its
+own; under load many requests make their calls in the same loop turn. Here the calls of one turn are
+packed in C (hiredis), written at once on one connection and their answers read back in order. The
+server runs them one after another, as it would have from separate connections; each script stays
+atomic on its own, and a script error answers only its own call.
+
+A call is never sent twice: a connection that fails while the batch is written or read fails every
+call of the batch still unanswered with StoreError (fail closed, as a lost answer always did), and
+the connection is dropped. Only for a single server: on a Redis Cluster the calls keep redis-py's
+routed path (StoreClient._run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from collections.abc import Callable
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+MAX_BATCH = 64  # calls per write; a larger turn is split over several connections
+
+
+class _Call:
+    __slots__ = ("future", "packed")
+
+    def __init__(self, packed: bytes, future: asyncio.Future[Any]) -> None:
+        self.packed = packed
+        self.future = future
+
+
+class ScriptBatcher:
+    """The script calls (EVALSHA, SCRIPT LOAD) of one loop turn, written together on one pooled connection."""
+
+    def __init__(self, redis: aioredis.Redis, take_slot: Callable[[], Awaitable[None]], free_slot: Callable[[], None]):
+        self._pool = redis.connection_pool
+        self._take_slot = take_slot  # StoreClient's connection slots: a batch holds one while it runs
+        self._free_slot = free_slot
+        self._pending: list[_Call] = []
+        self._running: set[asyncio.Task[None]] = set()
+
+    def send(self, *command: str | int | float | bytes) -> asyncio.Future[Any]:
+        """The command's answer (or its ResponseError, or the failure of the batch) once the batch is read."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append(_Call(hiredis.pack_command(command), future))  # type: ignore[arg-type]  # stub: 1-tuple
+        return future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), MAX_BATCH):
+            task = asyncio.ensure_future(self._send(pending[start : start + MAX_BATCH]))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _send(self, calls: list[_Call]) -> None:
+        try:
+            await self._take_slot()
+        except BaseException as exc:
+            _fail(calls, exc)
+            return
+        try:
+            connection = await self._pool.get_connection()
+            try:
+                await connection.send_packed_command(b"".join(call.packed for call in calls))
+                for answered, call in enumerate(calls):
+                    try:
+                        reply: Any = await connection.read_response()
+                    except ResponseError as error:  # the script's own error: the connection stays in step
+                        reply = error
+                    except BaseException as exc:
+                        _fail(calls[answered:], exc)
+                        raise
+                    _deliver(call.future, reply)
+            except BaseException:
+                await connection.disconnect()
+                raise
+            finally:
+                await self._pool.release(connection)
+        except Exception as exc:
+            _fail(calls, exc)
+        finally:
+            self._free_slot()
+
+
+def _deliver(future: asyncio.Future[Any], reply: Any) -> None:
+    if future.done():  # its caller gave up (cancelled)
+        return
+    if isinstance(reply, BaseException):
+        future.set_exception(reply)
+    else:
+        future.set_result(reply)
+
+
+def _fail(calls: list[_Call], exc: BaseException) -> None:
+    for call in calls:
+        if not call.future.done():
+            call.future.set_exception(exc if isinstance(exc, Exception) else ConnectionError("store call abandoned"))
