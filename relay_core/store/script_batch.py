@@ -2,10 +2,11 @@
 
 Every request makes two script calls (admission, completion). Through redis-py's generic command path
 each pays a pool checkout, a retry wrapper, command packing in Python and a write and a wake-up of its
-own; under load many requests make their calls in the same loop turn. Here the calls of one turn are
-packed in C (hiredis), written at once on one connection and their answers read back in order. The
-server runs them one after another, as it would have from separate connections; each script stays
-atomic on its own, and a script error answers only its own call.
+own; under load many requests make their calls in the same loop turn. Here a call made while a batch
+is on its way waits for the end of the turn, and the calls of that turn, packed in C (hiredis), are
+written at once on one connection and their answers read back in order; a call to an idle store goes
+out at once. The server runs them one after another, as it would have from separate connections; each
+script stays atomic on its own, and a script error answers only its own call.
 
 A call is never sent twice: a connection that fails while the batch is written or read fails every
 call of the batch still unanswered with StoreError (fail closed, as a lost answer always did), and
@@ -49,15 +50,23 @@ class ScriptBatcher:
         """The command's answer (or its ResponseError, or the failure of the batch) once the batch is read."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        call = _Call(hiredis.pack_command(command), future)  # type: ignore[arg-type]  # stub: 1-tuple
+        if not self._running:  # an idle store: no reason to wait for the turn's end (serial latency)
+            self._start([call])
+            return future
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append(_Call(hiredis.pack_command(command), future))  # type: ignore[arg-type]  # stub: 1-tuple
+        self._pending.append(call)
         return future
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), MAX_BATCH):
-            task = asyncio.ensure_future(self._send(pending[start : start + MAX_BATCH]))
+            self._start(pending[start : start + MAX_BATCH])
+
+    def _start(self, calls: list[_Call]) -> None:
+        task = asyncio.ensure_future(self._send(calls))
+        if not task.done():  # an eager task that already finished needs no keeping
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
