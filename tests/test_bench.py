@@ -22,6 +22,7 @@ SCENARIOS = (
     "e. relay RSS with",
     "f. ",
     "g. bare proxy core",
+    "h. failover",
 )
 
 
@@ -44,8 +45,8 @@ def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     floor = rows["g. relay / bare proxy core CPU per request"]["relay"]
     assert floor > 1, floor  # the relay's addons cost something on top of the core they run on
     for name, row in rows.items():
-        if "store round trips" in name:
-            assert 1 <= row["relay"] <= 4, (name, row)
+        if "store round trips" in name:  # under 1 when calls of one loop turn share a write (script_batch.py)
+            assert 0 < row["relay"] <= 4, (name, row)
     assert "relay vs direct" in run.stdout
 
 
