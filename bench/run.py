@@ -97,7 +97,9 @@ async def bench(cfg: Config) -> tuple[list[Row], dict[str, Any], str]:
         ]
         started = time.monotonic()
         with workers_relay(stack, WORKERS) as port:
-            rows += await scenarios.workers_vs_one(Target.make("workers", port, stack.team_key), WORKERS)
+            rows += await scenarios.workers_vs_one(
+                Target.make("workers", port, stack.team_key), WORKERS, stack.upstream_pid
+            )
         print(f"  workers: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
         started = time.monotonic()
         with bare_proxy(stack) as (port, pid):

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,29 +309,46 @@ class Scenarios:
         ]
         return rows
 
-    async def workers_vs_one(self, workers: Target, count: int) -> list[Row]:
-        """f. Small requests at `concurrency` through `relay serve --workers N` vs one relay process."""
+    async def workers_vs_one(self, workers: Target, count: int, upstream_pid: int) -> list[Row]:
+        """f. Small requests at `concurrency` through `relay serve --workers N` vs one relay process.
+
+        The relay shares the machine's cores with the load generator, the fake upstream and Valkey; their CPU
+        per request, measured here too, bounds what N workers can reach: at most cores / (relay's + theirs)
+        requests/s, the ceiling row (as a multiple of one process's requests/s)."""
         cfg = self.cfg
         targets = (self.direct, self.relay, workers)
         conns = {t.name: await open_conns(t.port, cfg.concurrency) for t in targets}
         tallies = {t.name: Tally() for t in targets}
+        relay_cpu, helpers_cpu = [0.0], [0.0]
+        stats = ServerStats(self.valkey_url)
         try:
             for t in targets:
                 for conn in conns[t.name]:
                     require_ok([await conn.send(t.plain)], t)
             for i in range(cfg.rounds):
                 for t in targets[i % 3 :] + targets[: i % 3]:
-                    tallies[t.name].merge(await closed_loop(conns[t.name], t.plain, cfg.duration / cfg.rounds))
+                    helpers_before = time.process_time() + cpu_seconds(upstream_pid) + stats.cpu_seconds()
+                    with cpu_meter(self.relay_pid, relay_cpu) if t is self.relay else contextlib.nullcontext():
+                        tallies[t.name].merge(await closed_loop(conns[t.name], t.plain, cfg.duration / cfg.rounds))
+                    if t is workers:
+                        helpers_after = time.process_time() + cpu_seconds(upstream_pid) + stats.cpu_seconds()
+                        helpers_cpu[0] += helpers_after - helpers_before
         finally:
+            stats.close()
             for group in conns.values():
                 for conn in group:
                     conn.close()
         self._note_errors("workers", tallies)
         d, one, many = (tallies[t.name].per_second for t in targets)
         n = cfg.concurrency
+        relay_ms = ms(relay_cpu[0] / tallies[self.relay.name].ok) if tallies[self.relay.name].ok else float("nan")
+        helpers_ms = ms(helpers_cpu[0] / tallies[workers.name].ok) if tallies[workers.name].ok else float("nan")
+        ceiling = (os.cpu_count() or 1) / ((relay_ms + helpers_ms) / 1000) / one if one else float("nan")
         return [
             Row(f"f. requests/s @{n}, --workers {count}", d, many, "ratio"),
             Row(f"f. requests/s @{n}, {count} workers / 1 process", None, many / one if one else float("nan")),
+            Row("f. load generator, upstream and store CPU per request (ms)", None, helpers_ms),
+            Row(f"f. ceiling on {os.cpu_count()} cores for workers / 1 process", None, min(float(count), ceiling)),
         ]
 
     async def bare_proxy(self, bare: Target, bare_pid: int) -> list[Row]:

@@ -38,6 +38,7 @@ class Stack:
     team_key: str
     relay: Child
     relay_env: dict[str, str]
+    upstream_pid: int
 
 
 async def seed_store(settings: Settings) -> str:
@@ -94,7 +95,7 @@ async def running_stack(deltas: int) -> AsyncIterator[Stack]:
         relay = Child("relay", [str(BIN / "relay"), "serve", "--listen", "127.0.0.1:0"], RELAY_READY, env)
         cleanup.callback(relay.stop)
         relay_port = relay.start()
-        yield Stack(url, upstream_port, relay_port, team_key, relay, env)
+        yield Stack(url, upstream_port, relay_port, team_key, relay, env, upstream.pid)
 
 
 @contextlib.contextmanager

@@ -26,5 +26,10 @@ class ServerStats:
         """Socket reads the server processed (one INFO): a pipeline or a script call arrives in one read."""
         return int(self._client.info("stats")["total_reads_processed"])
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used (user + system, one INFO)."""
+        cpu = self._client.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
     def close(self) -> None:
         self._client.close()
