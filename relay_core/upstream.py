@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import dataclass
 from dataclasses import field
 from urllib.parse import unquote
@@ -17,6 +18,7 @@ class Target:
     path_prefix: str
 
 
+@functools.lru_cache(maxsize=256)  # every request's: a handful of base URLs, each parsed once
 def target_of(base_url: str) -> Target:
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
