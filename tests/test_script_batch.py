@@ -113,3 +113,27 @@ async def test_a_store_that_stops_answering_fails_the_whole_batch_within_the_tim
     finally:
         await store.close()
         server.close()
+
+
+async def test_calls_after_the_store_restarted_reconnect_and_load_their_script_again(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A pooled connection the server closed is found dead when it is taken (no call fails for it), and the
+    restarted server's empty script cache is filled in the same batch."""
+    first = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey-restart"))
+    first.start()
+    port = first.port
+    store = StoreClient(first.connection_url, prefix="batch-restart")
+    again = ValkeyServer(port=port, data_dir=tmp_path_factory.mktemp("valkey-restarted"))
+    try:
+        assert await asyncio.gather(*(store._run(SET_ONCE, [store.tag + ":h"], [f"f{i}", "1"]) for i in range(5)))
+        first.stop()
+        again.start()
+        await asyncio.sleep(0.2)  # a relay's loop runs on: it reads the closed connections' end of file
+        answers = await asyncio.gather(*(store._run(SET_ONCE, [store.tag + ":h"], [f"f{i}", "2"]) for i in range(5)))
+        assert answers == [b"2"] * 5  # a new server: nothing of the first one's data
+    finally:
+        await store.close()
+        for server in (again, first):
+            if server.is_running():
+                server.stop()

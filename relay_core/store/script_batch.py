@@ -8,9 +8,11 @@ written at once on one connection and their answers read back in order; a call t
 out at once. The server runs them one after another, as it would have from separate connections; each
 script stays atomic on its own, and a script error answers only its own call.
 
-A call is never sent twice: a connection that fails while the batch is written or read fails every
-call of the batch still unanswered with StoreError (fail closed, as a lost answer always did), and
-the connection is dropped. Only for a single server: on a Redis Cluster the calls keep redis-py's
+A call is never sent twice: a pooled connection the server closed (a restart) is replaced before the
+batch is written, and a connection that fails while the batch is written or read fails every call of
+the batch still unanswered with StoreError (fail closed, as a lost answer always did) and is dropped.
+(redis-py's own path checks a pooled connection only when its maintenance notifications are off, and
+otherwise relies on sending the command again.) Only for a single server: on a Redis Cluster the calls keep redis-py's
 routed path (StoreClient._run).
 """
 
@@ -79,6 +81,9 @@ class ScriptBatcher:
         try:
             connection = await self._pool.get_connection()
             try:
+                if await connection.can_read():  # closed by the server (restarted) or dirty: a fresh one
+                    await connection.disconnect()
+                    await connection.connect()
                 await connection.send_packed_command(b"".join(call.packed for call in calls))
                 for answered, call in enumerate(calls):
                     try:
