@@ -182,7 +182,7 @@ class Router:
         assert state.client_request is not None
         client_body = state.client_request[2]
         if client_body is not None:  # a protocol may send each account a body of its own (Code Assist: its project)
-            body = protocol.upstream_body(state.route, client_body, account)
+            body = protocol.upstream_body(state.route, state.message, account)
             if body is not None:
                 flow.request.content = body  # sets content-length
             elif flow.request.raw_content is not client_body:

@@ -109,8 +109,9 @@ class ApiProtocol(ABC):
         """The client's path (with its query) as the upstream is asked for it."""
         return path
 
-    def upstream_body(self, route: RequestRoute, raw: bytes, account: Account) -> bytes | None:
-        """The body to send for this account instead of the client's, or None to send the client's untouched."""
+    def upstream_body(self, route: RequestRoute, message: ParsedRequest | None, account: Account) -> bytes | None:
+        """The body to send for this account instead of the client's (built from the request as parsed on
+        arrival, `message`, never parsed again), or None to send the client's bytes untouched."""
         return None
 
     def body_session(self, message: ParsedRequest) -> str | None:

@@ -72,9 +72,9 @@ class GeminiProtocol(ApiProtocol):
     def upstream_path(self, path: str) -> str:
         return upstream.upstream_path(path)
 
-    def upstream_body(self, route: RequestRoute, raw: bytes, account: Account) -> bytes | None:
-        if route is GeminiRoute.ASSIST_GENERATE and account.project:
-            return with_project(raw, account.project)
+    def upstream_body(self, route: RequestRoute, message: ParsedRequest | None, account: Account) -> bytes | None:
+        if route is GeminiRoute.ASSIST_GENERATE and account.project and message is not None:
+            return with_project(message.body, account.project)
         return None
 
     def body_session(self, message: ParsedRequest) -> str | None:

@@ -59,8 +59,7 @@ def parse_gemini_request(raw: bytes, route: GeminiRoute, path: str) -> GeminiReq
     return GeminiRequest(model=model.removeprefix("models/"), stream=is_stream_call(path), body=body)
 
 
-def with_project(raw: bytes, project: str) -> bytes:
-    """A Code Assist body sent for the account that serves it: its own Cloud project, not the client's."""
-    body = json.loads(raw)
-    body["project"] = project
-    return json.dumps(body, separators=(",", ":")).encode()
+def with_project(body: dict[str, Any], project: str) -> bytes:
+    """A Code Assist body (as parsed once, on arrival) sent for the account that serves it: its own Cloud
+    project, not the client's."""
+    return json.dumps({**body, "project": project}, separators=(",", ":")).encode()
