@@ -52,6 +52,14 @@ class SseUsageMeter:
         """Linear in the stream's size, however a large event is cut: only the new bytes (and the 3 before
         them, where a frame end may begin) are searched, and a partial frame is appended to, never copied."""
         pending = self._pending
+        if not pending and b"\r" not in data:  # the usual chunk: whole events, "\n" line ends
+            *frames, rest = data.split(b"\n\n")
+            for frame in frames:
+                self._on_frame(frame)
+            pending += rest
+            if len(pending) > MAX_PENDING_BYTES:
+                pending.clear()
+            return
         scan_from = max(0, len(pending) - 3)
         pending += data
         # Inside a long event there is no frame end; bytes.find says so several times faster than the regex.
@@ -66,11 +74,17 @@ class SseUsageMeter:
             pending.clear()
 
     def _on_frame(self, frame: bytes) -> None:
-        data_lines = [line[5:].removeprefix(b" ") for line in frame.splitlines() if line.startswith(b"data:")]
-        if not data_lines:
-            return
+        name_end = frame.find(b"\n") if frame.startswith(b"event:") else -1
+        if name_end > 0 and frame.startswith(b"data:", name_end + 1) and frame.find(b"\n", name_end + 1) < 0:
+            data = frame[name_end + 6 :]  # the usual frame: one `event:` line, one `data:` line
+            data = data[1:] if data.startswith(b" ") else data
+        else:
+            lines = [line[5:].removeprefix(b" ") for line in frame.splitlines() if line.startswith(b"data:")]
+            if not lines:
+                return
+            data = b"\n".join(lines)
         try:
-            payload = json.loads(b"\n".join(data_lines))
+            payload = json.loads(data)
         except ValueError:
             return
         self._on_payload(payload)
