@@ -25,9 +25,13 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
 MAX_BATCH = 64  # calls per write; a larger turn is split over several connections
+# Connections kept between batches instead of going back to the pool (whose checkout and return, with
+# their lock, cost more than the batch's write); the pool still owns them and closes them with itself.
+KEPT_CONNECTIONS = 4
 
 
 class _Call:
@@ -47,6 +51,7 @@ class ScriptBatcher:
         self._free_slot = free_slot
         self._pending: list[_Call] = []
         self._running: set[asyncio.Task[None]] = set()
+        self._idle: list[AbstractConnection] = []
 
     def send(self, *command: str | int | float | bytes) -> asyncio.Future[Any]:
         """The command's answer (or its ResponseError, or the failure of the batch) once the batch is read."""
@@ -79,7 +84,7 @@ class ScriptBatcher:
             _fail(calls, exc)
             return
         try:
-            connection = await self._pool.get_connection()
+            connection = self._idle.pop() if self._idle else await self._pool.get_connection()
             try:
                 if await connection.can_read():  # closed by the server (restarted) or dirty: a fresh one
                     await connection.disconnect()
@@ -96,8 +101,11 @@ class ScriptBatcher:
                     _deliver(call.future, reply)
             except BaseException:
                 await connection.disconnect()
+                await self._pool.release(connection)
                 raise
-            finally:
+            if len(self._idle) < KEPT_CONNECTIONS and not connection.should_reconnect():  # (server maintenance)
+                self._idle.append(connection)
+            else:
                 await self._pool.release(connection)
         except Exception as exc:
             _fail(calls, exc)
