@@ -58,6 +58,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own: set by th
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 MAX_MODELS = 64
+MAX_CACHED_SERIES = 4096  # label sets whose series RelayMetrics keeps at hand (past that, it starts over)
 OTHER_MODEL = "other"
 NO_ANSWER = "error"  # the status label of exchanges that ended without a complete answer
 REASON = re.compile(r"[a-z_]{1,40}")  # the shape of Anthropic's error types
@@ -166,6 +167,10 @@ class RelayMetrics:
             ["account"],
             registry=self.registry,
         )
+        # The series one answer adds to, found once per label set: `labels()` takes a lock and checks every
+        # value on each call, nine times per request (the label sets are few; see the module's docstring).
+        self._exchange_series: dict[tuple[str, ...], tuple[Counter, list[tuple[str, Counter]], Counter]] = {}
+        self._account_series: dict[str, tuple[Histogram, Histogram]] = {}
         self.state = StateGauges()
         self.known_accounts: list[Account] = []  # as the last scrape read them (relay_core.metrics.read_state)
         self.known_keys: list[TeamKey] = []
@@ -201,17 +206,41 @@ class RelayMetrics:
         """
         model_label = self.model_label(model)
         key_label, account_label = key or "", account or ""
-        self.requests.labels(route, str(status) if status else NO_ANSWER, key_label, account_label, model_label).inc()
+        requests, tokens, cost = self._exchange(
+            route, str(status) if status else NO_ANSWER, key_label, account_label, model_label
+        )
+        requests.inc()
         if usage is not None:
-            for kind, field in TOKEN_KINDS.items():
-                self.tokens.labels(kind, key_label, account_label, model_label).inc(getattr(usage, field))
-            self.cost.labels(key_label, account_label, model_label).inc(float(cost_usd or 0))
+            for field, series in tokens:
+                series.inc(getattr(usage, field))
+            cost.inc(float(cost_usd or 0))
         if account is None:
             return
+        ttfb, latency = self._account_series.get(account_label) or self._new_account_series(account_label)
         if ttfb_s is not None:
-            self.ttfb.labels(account_label).observe(max(0.0, ttfb_s))
+            ttfb.observe(max(0.0, ttfb_s))
         if total_s is not None:
-            self.latency.labels(account_label).observe(max(0.0, total_s))
+            latency.observe(max(0.0, total_s))
+
+    def _exchange(
+        self, route: str, status: str, key: str, account: str, model: str
+    ) -> tuple[Counter, list[tuple[str, Counter]], Counter]:
+        """The request counter, the token counters (usage field, series) and the cost counter of one label set."""
+        labels = (route, status, key, account, model)
+        found = self._exchange_series.get(labels)
+        if found is None:
+            if len(self._exchange_series) >= MAX_CACHED_SERIES:
+                self._exchange_series.clear()
+            tokens = [(field, self.tokens.labels(kind, key, account, model)) for kind, field in TOKEN_KINDS.items()]
+            found = (self.requests.labels(*labels), tokens, self.cost.labels(key, account, model))
+            self._exchange_series[labels] = found
+        return found
+
+    def _new_account_series(self, account: str) -> tuple[Histogram, Histogram]:
+        if len(self._account_series) >= MAX_CACHED_SERIES:
+            self._account_series.clear()
+        found = self._account_series[account] = (self.ttfb.labels(account), self.latency.labels(account))
+        return found
 
     def observe_refusal(self, error_type: str) -> None:
         """One answer made by the relay itself; types are the relay's own, anything else is `unknown`."""

@@ -12,8 +12,8 @@ A call is never sent twice: a pooled connection the server closed (a restart) is
 batch is written, and a connection that fails while the batch is written or read fails every call of
 the batch still unanswered with StoreError (fail closed, as a lost answer always did) and is dropped.
 (redis-py's own path checks a pooled connection only when its maintenance notifications are off, and
-otherwise relies on sending the command again.) Only for a single server: on a Redis Cluster the calls keep redis-py's
-routed path (StoreClient._run).
+otherwise relies on sending the command again.) Only for a single server: on a Redis Cluster the calls
+keep redis-py's routed path (StoreClient._run).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class _Call:
 
 
 class ScriptBatcher:
-    """The script calls (EVALSHA, SCRIPT LOAD) of one loop turn, written together on one pooled connection."""
+    """The script calls (EVALSHA, SCRIPT LOAD) of one loop turn, written together on one connection."""
 
     def __init__(self, redis: aioredis.Redis, take_slot: Callable[[], Awaitable[None]], free_slot: Callable[[], None]):
         self._pool = redis.connection_pool
