@@ -351,12 +351,12 @@ class Scenarios:
             Row(f"f. ceiling on {os.cpu_count()} cores for workers / 1 process", None, min(float(count), ceiling)),
         ]
 
-    async def bare_proxy(self, bare: Target, bare_pid: int) -> list[Row]:
-        """g. The small-request scenarios (a, b) through `relay serve`'s proxy core without the relay's addons,
-        with each one's CPU per request under the same load: the floor under the relay's."""
+    async def _side_by_side(
+        self, label: str, targets: tuple[Target, ...], pids: dict[str, int]
+    ) -> tuple[dict[str, float], dict[str, Tally], dict[str, float]]:
+        """Serial requests, then closed-loop load, each target in turn in rotating order: the serial p50
+        (ms) and the load's tally of each target, and the CPU ms per request of those with a pid."""
         cfg = self.cfg
-        targets = (self.direct, self.relay, bare)
-        pids = {self.relay.name: self.relay_pid, bare.name: bare_pid}
         cpu = {name: [0.0] for name in pids}
         serial_conns = {t.name: Conn(t.port) for t in targets}
         latencies: dict[str, list[float]] = {t.name: [] for t in targets}
@@ -366,12 +366,12 @@ class Scenarios:
             for t in targets:
                 require_ok(await serial(serial_conns[t.name], t.plain, 20), t)
             for i in range(cfg.serial_rounds):
-                for t in targets[i % 3 :] + targets[: i % 3]:
+                for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
                     batch = await serial(serial_conns[t.name], t.plain, cfg.serial_requests // cfg.serial_rounds)
                     require_ok(batch, t)
                     latencies[t.name] += [x.total_s for x in batch]
             for i in range(cfg.rounds):
-                for t in targets[i % 3 :] + targets[: i % 3]:
+                for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
                     metered = cpu_meter(pids[t.name], cpu[t.name]) if t.name in pids else contextlib.nullcontext()
                     with metered:
                         tallies[t.name].merge(await closed_loop(loads[t.name], t.plain, cfg.duration / cfg.rounds))
@@ -381,11 +381,19 @@ class Scenarios:
             for group in loads.values():
                 for conn in group:
                     conn.close()
-        self._note_errors("bare proxy core", tallies)
-        d, relay, plain = (tallies[t.name].per_second for t in targets)
+        self._note_errors(label, tallies)
         p50 = {name: ms(percentile(values, 50)) for name, values in latencies.items()}
-        n = cfg.concurrency
         per_request = {name: ms(cpu[name][0] / tallies[name].ok) if tallies[name].ok else float("nan") for name in pids}
+        return p50, tallies, per_request
+
+    async def bare_proxy(self, bare: Target, bare_pid: int) -> list[Row]:
+        """g. The small-request scenarios (a, b) through `relay serve`'s proxy core without the relay's addons,
+        with each one's CPU per request under the same load: the floor under the relay's."""
+        targets = (self.direct, self.relay, bare)
+        pids = {self.relay.name: self.relay_pid, bare.name: bare_pid}
+        p50, tallies, per_request = await self._side_by_side("bare proxy core", targets, pids)
+        d, relay, plain = (tallies[t.name].per_second for t in targets)
+        n = self.cfg.concurrency
         relay_cpu, bare_cpu = per_request[self.relay.name], per_request[bare.name]
         return [
             Row("g. bare proxy core CPU per request (ms)", None, bare_cpu),
@@ -400,35 +408,9 @@ class Scenarios:
         """h. Small requests whose first account answers 529, so the relay sends each again on a healthy
         one (bench/stack.py: failover_relay), against the plain relay in the same interleaved rounds:
         the serial latency and the CPU one in-relay failover adds."""
-        cfg = self.cfg
         targets = (self.relay, failover)
         pids = {self.relay.name: self.relay_pid, failover.name: failover_pid}
-        cpu = {name: [0.0] for name in pids}
-        serial_conns = {t.name: Conn(t.port) for t in targets}
-        latencies: dict[str, list[float]] = {t.name: [] for t in targets}
-        loads = {t.name: await open_conns(t.port, cfg.concurrency) for t in targets}
-        tallies = {t.name: Tally() for t in targets}
-        try:
-            for t in targets:
-                require_ok(await serial(serial_conns[t.name], t.plain, 20), t)
-            for i in range(cfg.serial_rounds):
-                for t in alternate(i, targets):
-                    batch = await serial(serial_conns[t.name], t.plain, cfg.serial_requests // cfg.serial_rounds)
-                    require_ok(batch, t)
-                    latencies[t.name] += [x.total_s for x in batch]
-            for i in range(cfg.rounds):
-                for t in alternate(i, targets):
-                    with cpu_meter(pids[t.name], cpu[t.name]):
-                        tallies[t.name].merge(await closed_loop(loads[t.name], t.plain, cfg.duration / cfg.rounds))
-        finally:
-            for conn in serial_conns.values():
-                conn.close()
-            for group in loads.values():
-                for conn in group:
-                    conn.close()
-        self._note_errors("failover", tallies)
-        p50 = {name: ms(percentile(values, 50)) for name, values in latencies.items()}
-        per_request = {name: ms(cpu[name][0] / tallies[name].ok) if tallies[name].ok else float("nan") for name in pids}
+        p50, _, per_request = await self._side_by_side("failover", targets, pids)
         plain_cpu, failover_cpu = per_request[self.relay.name], per_request[failover.name]
         return [
             Row("h. failover: serial p50, first account 529 (ms)", None, p50[failover.name]),
