@@ -138,9 +138,10 @@ class Router:
             await self._admit(flow, state, runtime)
             state.switches_left = runtime.settings.failover_max_switches
             headers = flow.request.headers
-            for name in {n.lower() for n in headers}:
-                if state.protocol.is_dropped(name):  # the client's credentials are gone before anything is kept
-                    del headers[name]
+            # The client's credentials are gone before anything is kept (names as sent: mitmproxy keeps bytes).
+            kept = tuple(field for field in headers.fields if not state.protocol.is_dropped(field[0].decode("latin-1")))
+            if len(kept) != len(headers.fields):
+                headers.fields = kept
             path = state.protocol.upstream_path(flow.request.path)  # never a team key in its query
             state.client_request = (path, headers.copy(), flow.request.raw_content)
         else:  # sent again after an account failed: from the client's own request, not the last route's

@@ -18,6 +18,7 @@ from pathlib import Path
 from bench.load import Target
 from bench.load import closed_loop
 from bench.load import open_conns
+from bench.stack import bare_proxy
 from bench.stack import running_stack
 
 RESULTS = Path(__file__).parent / "results"
@@ -47,16 +48,27 @@ def summarize(collapsed: Path, top: int) -> str:
     return "\n".join(lines)
 
 
-async def profile(seconds: float, stream: bool, concurrency: int, top: int) -> str:
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+async def profile(seconds: float, stream: bool, concurrency: int, top: int, bare: bool) -> str:
     async with running_stack(deltas=20) as stack:
-        relay = Target.make("relay", stack.relay_port, stack.team_key)
+        if not bare:
+            return await sample(stack.relay_port, stack.relay.pid, stack.team_key, seconds, stream, concurrency, top)
+        with bare_proxy(stack) as (port, pid):
+            return await sample(port, pid, stack.team_key, seconds, stream, concurrency, top, "bare-")
+
+
+async def sample(
+    port: int, pid: int, team_key: str, seconds: float, stream: bool, concurrency: int, top: int, prefix: str = ""
+) -> str:
+    """Closed-loop load on the proxy at `port` while py-spy samples process `pid`."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if True:
+        relay = Target.make("relay", port, team_key)
         conns = await open_conns(relay.port, concurrency)
         raw = relay.stream if stream else relay.plain
         await closed_loop(conns, raw, 1.0)  # warm up
         RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"profile-{'stream' if stream else 'plain'}.txt"
-        command = [py_spy, "record", "--pid", str(stack.relay.pid), "--duration", str(int(seconds))]
+        out = RESULTS / f"profile-{prefix}{'stream' if stream else 'plain'}.txt"
+        command = [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds))]
         spy = subprocess.Popen(
             [*command, "--rate", "100", "--format", "raw", "--output", str(out)],
             stdout=subprocess.DEVNULL,
@@ -78,8 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stream", action="store_true", help="streamed requests instead of small JSON ones")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--bare", action="store_true", help="sample the bare proxy core (the floor) instead")
     args = parser.parse_args(argv)
-    print(asyncio.run(profile(args.seconds, args.stream, args.concurrency, args.top)))
+    print(asyncio.run(profile(args.seconds, args.stream, args.concurrency, args.top, args.bare)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ ciphertext cannot be moved onto another account.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -23,6 +24,9 @@ SECRET_FILE_NAME = "secret.key"
 TEAM_KEY_PREFIX = "rk-"
 WEB_TOKEN_PREFIX = "rw-"
 SEALED_PREFIX = "v1:"
+# The request path hashes the caller's team key and opens the chosen account's secret on every request; the
+# same few recur, so each process keeps the latest results (bounded, least recently used out first).
+RECENT_RESULTS = 1024
 
 
 class SecretError(Exception):
@@ -65,12 +69,17 @@ class Keyring:
         self._web_hash_key = _derive(secret, b"web-secret-hash")
         self._aead = AESGCM(_derive(secret, b"account-secret-seal"))
         self.fingerprint = hmac.new(_derive(secret, b"fingerprint"), b"claude-relay", "sha256").hexdigest()[:16]
+        self._team_key_hashes = functools.lru_cache(maxsize=RECENT_RESULTS)(self._hash_team_key)
+        self._opened = functools.lru_cache(maxsize=RECENT_RESULTS)(self._open)
 
     @staticmethod
     def new_team_key() -> str:
         return TEAM_KEY_PREFIX + secrets.token_urlsafe(32)
 
     def hash_team_key(self, key: str) -> str:
+        return self._team_key_hashes(key)
+
+    def _hash_team_key(self, key: str) -> str:
         return hmac.new(self._hash_key, key.encode(), hashlib.sha256).hexdigest()
 
     @staticmethod
@@ -87,6 +96,10 @@ class Keyring:
         return SEALED_PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode()
 
     def open(self, sealed: str, bound_to: str) -> str:
+        """The plaintext; DecryptError (never kept) when it was sealed with another secret or for another id."""
+        return self._opened(sealed, bound_to)
+
+    def _open(self, sealed: str, bound_to: str) -> str:
         if not sealed.startswith(SEALED_PREFIX):
             raise DecryptError("unknown sealed-secret format")
         raw = base64.urlsafe_b64decode(sealed[len(SEALED_PREFIX) :])

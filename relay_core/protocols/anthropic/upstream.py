@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from relay_core.models import Account
 from relay_core.models import AccountKind
 
@@ -24,6 +26,7 @@ _DROPPED = frozenset(
 _DROPPED_PREFIXES = ("x-forwarded-", "cf-", "x-relay-")
 
 
+@functools.lru_cache(maxsize=512)  # asked for every header of every request; the names recur
 def is_dropped(header: str) -> bool:
     name = header.lower()
     return name in _DROPPED or name.startswith(_DROPPED_PREFIXES)

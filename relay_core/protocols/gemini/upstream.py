@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import parse_qsl
 from urllib.parse import urlencode
 
@@ -14,6 +15,7 @@ from relay_core.protocols.gemini.routes import PREFIX
 _DROPPED = frozenset({"x-goog-api-key", "x-gemini-api-privileged-user-id", "x-goog-user-project"})
 
 
+@functools.lru_cache(maxsize=512)  # asked for every header of every request; the names recur
 def is_dropped(header: str) -> bool:
     return anthropic_dropped(header) or header.lower() in _DROPPED
 
