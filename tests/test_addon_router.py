@@ -88,6 +88,32 @@ async def test_a_console_account_gets_its_api_key_and_the_client_credential_neve
     assert state(flow).routed and account_of(flow) == account.id
 
 
+async def test_dropped_headers_go_whatever_their_case_and_count_and_the_rest_stay_in_order(runtime: Runtime) -> None:
+    secret = await add_key(runtime, "alice")
+    await add_account(runtime, "console-1", API_KEY)
+    shared = RelayRuntime(runtime)
+    auth, router = Auth(shared), Router(shared)
+    flow = classified(request_flow(body=messages_body(system=CLAUDE_CODE_SYSTEM), headers=dict(CLAUDE_CODE_HEADERS)))
+    sent = (
+        (b"Authorization", f"Bearer {secret}".encode()),
+        (b"X-Trace", b"1"),
+        (b"Cookie", b"a=1"),
+        (b"COOKIE", b"b=2"),
+        (b"CF-Connecting-IP", b"10.1.2.3"),
+        (b"X-Trace", b"2"),
+    )
+    flow.request.headers.fields = flow.request.headers.fields + sent
+    with taddons.context(auth, router):
+        await auth.requestheaders(flow)
+        await router.request(flow)
+    assert state(flow).routed
+    fields = flow.request.headers.fields
+    assert not {b"authorization", b"cookie", b"cf-connecting-ip"} & {name.lower() for name, _ in fields}
+    assert secret.encode() not in b"".join(value for _, value in fields)
+    assert [value for name, value in fields if name == b"X-Trace"] == [b"1", b"2"]
+    assert flow.request.headers["x-api-key"] == API_KEY
+
+
 async def test_a_subscription_gets_its_bearer_token_and_the_oauth_beta(runtime: Runtime) -> None:
     secret = await add_key(runtime, "alice")
     await add_account(runtime, "max-1", ACCESS_TOKEN, kind="oauth")

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from relay_core.crypto import RECENT_RESULTS
 from relay_core.crypto import DecryptError
 from relay_core.crypto import Keyring
 from relay_core.errors import RelayError
@@ -145,6 +146,22 @@ def test_keyring_hashes_and_seals() -> None:
         ring.open(sealed, "acct2")  # bound to its account
     with pytest.raises(DecryptError):
         Keyring("t" * 40).open(sealed, "acct1")
+
+
+def test_the_keyring_keeps_recent_results_bounded_and_never_a_failed_open() -> None:
+    """Hashes and opened secrets are kept per process for the request path: by key and by (sealed, account),
+    at most RECENT_RESULTS of each, and a refusal is decided anew each time."""
+    ring = Keyring("s" * 40)
+    sealed = ring.seal("sk-ant-api03-secret", "acct1")
+    for _ in range(3):
+        assert ring.open(sealed, "acct1") == "sk-ant-api03-secret"
+        with pytest.raises(DecryptError):
+            ring.open(sealed, "acct2")
+    assert ring._opened.cache_info().hits == 2 and ring._opened.cache_info().currsize == 1
+    for n in range(RECENT_RESULTS + 50):
+        ring.hash_team_key(f"rk-flood-{n}")
+    assert ring._team_key_hashes.cache_info().currsize == RECENT_RESULTS
+    assert ring.hash_team_key("rk-flood-0") == Keyring("s" * 40).hash_team_key("rk-flood-0")
 
 
 def test_parse_message_request() -> None:
