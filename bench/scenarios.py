@@ -357,11 +357,8 @@ class Scenarios:
         """Serial requests, then closed-loop load, each target in turn in rotating order: the serial p50
         (ms) and the load's tally of each target, and the CPU ms per request of those with a pid."""
         cfg = self.cfg
-        cpu = {name: [0.0] for name in pids}
         serial_conns = {t.name: Conn(t.port) for t in targets}
         latencies: dict[str, list[float]] = {t.name: [] for t in targets}
-        loads = {t.name: await open_conns(t.port, cfg.concurrency) for t in targets}
-        tallies = {t.name: Tally() for t in targets}
         try:
             for t in targets:
                 require_ok(await serial(serial_conns[t.name], t.plain, 20), t)
@@ -370,31 +367,49 @@ class Scenarios:
                     batch = await serial(serial_conns[t.name], t.plain, cfg.serial_requests // cfg.serial_rounds)
                     require_ok(batch, t)
                     latencies[t.name] += [x.total_s for x in batch]
-            for i in range(cfg.rounds):
-                for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
-                    metered = cpu_meter(pids[t.name], cpu[t.name]) if t.name in pids else contextlib.nullcontext()
-                    with metered:
-                        tallies[t.name].merge(await closed_loop(loads[t.name], t.plain, cfg.duration / cfg.rounds))
         finally:
             for conn in serial_conns.values():
                 conn.close()
+        tallies, cpu = await self._rotating_load(label, targets, pids, stream=False)
+        p50 = {name: ms(percentile(values, 50)) for name, values in latencies.items()}
+        per_request = {name: ms(cpu[name] / tallies[name].ok) if tallies[name].ok else float("nan") for name in pids}
+        return p50, tallies, per_request
+
+    async def _rotating_load(
+        self, label: str, targets: tuple[Target, ...], pids: dict[str, int], stream: bool
+    ) -> tuple[dict[str, Tally], dict[str, float]]:
+        """Closed-loop load on each target in turn, in rotating order: each one's tally, and the CPU seconds
+        of those with a pid."""
+        cfg = self.cfg
+        cpu = {name: [0.0] for name in pids}
+        loads = {t.name: await open_conns(t.port, cfg.concurrency) for t in targets}
+        tallies = {t.name: Tally() for t in targets}
+        try:
+            for i in range(cfg.rounds):
+                for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
+                    metered = cpu_meter(pids[t.name], cpu[t.name]) if t.name in pids else contextlib.nullcontext()
+                    raw = t.stream if stream else t.plain
+                    with metered:
+                        tallies[t.name].merge(await closed_loop(loads[t.name], raw, cfg.duration / cfg.rounds))
+        finally:
             for group in loads.values():
                 for conn in group:
                     conn.close()
         self._note_errors(label, tallies)
-        p50 = {name: ms(percentile(values, 50)) for name, values in latencies.items()}
-        per_request = {name: ms(cpu[name][0] / tallies[name].ok) if tallies[name].ok else float("nan") for name in pids}
-        return p50, tallies, per_request
+        return tallies, {name: seconds for name, (seconds,) in cpu.items()}
 
     async def bare_proxy(self, bare: Target, bare_pid: int) -> list[Row]:
         """g. The small-request scenarios (a, b) through `relay serve`'s proxy core without the relay's addons,
-        with each one's CPU per request under the same load: the floor under the relay's."""
+        with each one's CPU per request under the same load, and streams at the same concurrency: the floor
+        under the relay's."""
         targets = (self.direct, self.relay, bare)
         pids = {self.relay.name: self.relay_pid, bare.name: bare_pid}
         p50, tallies, per_request = await self._side_by_side("bare proxy core", targets, pids)
         d, relay, plain = (tallies[t.name].per_second for t in targets)
         n = self.cfg.concurrency
         relay_cpu, bare_cpu = per_request[self.relay.name], per_request[bare.name]
+        streamed, _ = await self._rotating_load("bare proxy core streams", (self.relay, bare), {}, stream=True)
+        relay_events, bare_events = (streamed[t.name].events_per_second for t in (self.relay, bare))
         return [
             Row("g. bare proxy core CPU per request (ms)", None, bare_cpu),
             Row("g. relay / bare proxy core CPU per request", None, relay_cpu / bare_cpu if bare_cpu else float("nan")),
@@ -402,6 +417,13 @@ class Scenarios:
             Row("g. relay's own addons, serial p50 (ms)", None, p50[self.relay.name] - p50[bare.name]),
             Row(f"g. bare proxy core requests/s @{n}", d, plain, "ratio"),
             Row(f"g. relay / bare proxy core requests/s @{n}", None, relay / plain if plain else float("nan")),
+            # The core alone, which buffers the answer and meters nothing: the most a relay process can stream here.
+            Row(f"g. bare proxy core SSE events/s @{n}", None, bare_events),
+            Row(
+                f"g. relay / bare proxy core SSE events/s @{n}",
+                None,
+                relay_events / bare_events if bare_events else float("nan"),
+            ),
         ]
 
     async def failover(self, failover: Target, failover_pid: int) -> list[Row]:

@@ -22,6 +22,7 @@ SCENARIOS = (
     "e. relay RSS with",
     "f. ",
     "g. bare proxy core",
+    "g. relay / bare proxy core SSE events/s",
     "h. failover",
 )
 
@@ -44,6 +45,8 @@ def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     assert together["relay"] == together["direct"] == 100, together
     floor = rows["g. relay / bare proxy core CPU per request"]["relay"]
     assert floor > 1, floor  # the relay's addons cost something on top of the core they run on
+    streamed = next(row["relay"] for name, row in rows.items() if name.startswith("g. relay / bare proxy core SSE"))
+    assert 0 < streamed < 1, streamed  # the core alone, buffering and metering nothing, streams faster
     for name, row in rows.items():
         if "store round trips" in name:  # under 1 when calls of one loop turn share a write (script_batch.py)
             assert 0 < row["relay"] <= 4, (name, row)
