@@ -1,7 +1,7 @@
-"""The last addon of the chain: no flow goes upstream unless the router routed it.
+"""The relay chain's last `request` hook: no flow goes upstream unless the router routed it.
 
-mitmproxy logs a hook's exception and lets the flow continue; this gate turns every such gap
-(including a router that failed or never ran) into an error answered by the relay itself.
+mitmproxy logs a hook's exception and lets the flow continue, and so does RelayChain; this gate turns
+every such gap (including a router that failed or never ran) into an error answered by the relay itself.
 """
 
 from __future__ import annotations

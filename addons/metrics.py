@@ -3,9 +3,9 @@
 The endpoint is answered in `requestheaders` ahead of ServiceEndpoints (which would answer 404).
 Counting happens elsewhere: Failover may replace an upstream answer with its own 529, and the
 Recorder learns the usage only in its own `response` hook, so counts taken at the front of the
-chain would be wrong. At `running` this addon therefore appends a tally as its own entry at the
-very end of mitmproxy's chain (like FailClosedGate): it sees the request just before it goes
-upstream and every answer as the client gets it, and another addon's failing hook cannot skip it.
+chain would be wrong. The bundle therefore puts this addon's tally at the very end of the relay's
+chain (after FailClosedGate): it sees the request just before it goes upstream and every answer as
+the client gets it, and another addon's failing hook cannot skip it (RelayChain runs each hook on its own).
 Account sign-in ends come from the background token refresher's last pass, and quota readings from the
 quota poller's (relay_core/quota.py, every tenth of its interval), so a scrape reads no store.
 """
@@ -17,7 +17,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from mitmproxy import ctx
 from mitmproxy import http
 
 from addons.common import refuse
@@ -145,17 +144,9 @@ class Metrics:
         self._token: str | None = None
 
     def running(self) -> None:
-        """Takes the metrics_token setting (its one source); replaces a tally left by an earlier load of this
-        script, so /metrics shows what is counted."""
+        """Takes the metrics_token setting (its one source)."""
         if self.shared.configured():
             self._token = self.shared.current().settings.metrics_token
-        addons = ctx.master.addons
-        previous = addons.get(type(self.tally).__name__.lower())
-        if previous is self.tally:
-            return
-        if previous is not None:
-            addons.remove(previous)
-        addons.add(self.tally)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:

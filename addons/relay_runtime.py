@@ -10,7 +10,6 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import RegularMode
 
 from addons.common import OPTIONAL_TEXT
-from addons.fail_closed_gate import FailClosedGate
 from relay_core.listener import format_address
 from relay_core.pricing import load_prices
 from relay_core.runtime import Runtime
@@ -66,10 +65,6 @@ class RelayRuntime:
             # mitmproxy buffers a request's body even after a hook refused it from its headers; this stops the
             # read at the relay's limit, so no client (with a key or without) costs more than that in memory.
             ctx.options.update(body_size_limit=str(self.current().settings.max_body_bytes))
-        if ctx.master.addons.get("failclosedgate") is None:
-            # Appended now, after every other addon, as its own chain entry: whatever failed before it
-            # (a hook that raised, another script's addon, a router that never ran), no unrouted flow leaves.
-            ctx.master.addons.add(FailClosedGate())
         server = ctx.master.addons.get("proxyserver")
         instances = sorted(server.servers if server else [], key=lambda i: not isinstance(i.mode, RegularMode))
         for instance in instances:  # the forward proxy's line first: tests wait for the base URL's as the last

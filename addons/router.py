@@ -138,8 +138,9 @@ class Router:
             await self._admit(flow, state, runtime)
             state.switches_left = runtime.settings.failover_max_switches
             headers = flow.request.headers
-            # The client's credentials are gone before anything is kept (names as sent: mitmproxy keeps bytes).
-            kept = tuple(field for field in headers.fields if not state.protocol.is_dropped(field[0].decode("latin-1")))
+            # The client's credentials are gone before anything is kept (a protocol is asked with lowercase names).
+            dropped = state.protocol.is_dropped
+            kept = tuple(field for field in headers.fields if not dropped(field[0].decode("latin-1").lower()))
             if len(kept) != len(headers.fields):
                 headers.fields = kept
             path = state.protocol.upstream_path(flow.request.path)  # never a team key in its query

@@ -19,9 +19,12 @@ from mitmproxy.test import tflow
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
+from addons.bundle import relay_chain
 from addons.common import refuse
+from addons.fail_closed_gate import FailClosedGate
 from addons.metrics import TIMING_KEY
 from addons.metrics import Metrics
+from addons.metrics import _MetricsTally
 from addons.metrics import _Timing
 from addons.metrics import metrics_authorized
 from addons.relay_runtime import RelayRuntime
@@ -275,20 +278,15 @@ def test_other_requests_are_left_to_the_chain() -> None:
             assert flow.response is None
 
 
-def test_running_appends_the_tally_once() -> None:
-    addon = Metrics(RelayRuntime())
-    with taddons.context(addon) as tctx:
-        addon.running()
-        addon.running()
-        chain = tctx.master.addons.chain
-        assert chain.count(addon.tally) == 1
-        assert chain[-1] is addon.tally
-        tctx.master.addons.remove(addon)  # a script reload: the old script's addons go, the new ones come
-        reloaded = Metrics(RelayRuntime())
-        tctx.master.addons.add(reloaded)
-        reloaded.running()
-        assert addon.tally not in tctx.master.addons.chain
-        assert tctx.master.addons.chain[-1] is reloaded.tally
+def test_the_bundle_ends_with_the_gate_then_the_tally_in_its_one_chain_entry() -> None:
+    """After every other hook of the relay: the gate refuses what was not routed, then the tally counts the
+    answer as the client gets it; neither is an entry of mitmproxy's own (each would cost every hook a call)."""
+    chain = relay_chain()
+    *_, gate, tally = chain._addons
+    assert isinstance(gate, FailClosedGate) and isinstance(tally, _MetricsTally)
+    with taddons.context(chain) as tctx:
+        assert tctx.master.addons.chain.count(chain) == 1
+        assert not {type(addon) for addon in tctx.master.addons.chain} & {FailClosedGate, _MetricsTally}
 
 
 def routed_state(**fields) -> FlowState:

@@ -134,7 +134,8 @@ class ApiProtocol(ABC):
 
     @abstractmethod
     def is_dropped(self, header: str) -> bool:
-        """A client request header that must not reach the upstream (credentials, proxy hints)."""
+        """A client request header (its name in lowercase) that must not reach the upstream (credentials, proxy
+        hints)."""
 
     @abstractmethod
     def upstream_headers(
