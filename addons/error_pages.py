@@ -79,16 +79,22 @@ _original_send = _http1.Http1Server.send
 
 def send_ending_streams_cleanly(self: _http1.Http1Server, event: HttpEvent) -> layer.CommandGenerator[None]:
     """Http1Server.send, except that a stream cut by the upstream ends with an SSE error event, and an
-    upstream the relay gave up on is answered with the timeout's error."""
+    upstream the relay gave up on is answered with the timeout's error. Every other event (each chunk of
+    every answer) gets mitmproxy's own generator, not one wrapped in this one."""
+    if not isinstance(event, ResponseProtocolError):
+        return _original_send(self, event)
+    return _send_protocol_error(self, event)
+
+
+def _send_protocol_error(self: _http1.Http1Server, event: ResponseProtocolError) -> layer.CommandGenerator[None]:
     response = self.response
-    timeout = gave_up.pop(self.conn.id, None) if isinstance(event, ResponseProtocolError) else None
+    timeout = gave_up.pop(self.conn.id, None)
     if timeout is not None and response is None and self.conn.state & ConnectionState.CAN_WRITE:
         yield commands.SendData(self.conn, relay_error_response(timeout.error()))
         yield commands.CloseConnection(self.conn)
         return
     if (
-        isinstance(event, ResponseProtocolError)
-        and response is not None
+        response is not None
         and self.conn.state & ConnectionState.CAN_WRITE
         and response.headers.get("content-type", "").startswith("text/event-stream")
     ):

@@ -45,6 +45,7 @@ from relay_core.listener import check_port_free
 from relay_core.listener import forward_proxy_warning
 from relay_core.listener import load_listener_certificate
 from relay_core.listener import plain_http_warning
+from relay_core.log_buffer import SecondCachedFormatter
 from relay_core.log_buffer import TurnBufferedHandler
 from relay_core.request_log import REQUEST_LOGGER
 from relay_core.runtime import Runtime
@@ -117,7 +118,7 @@ def configure_logging() -> None:
     request_log = logging.getLogger(REQUEST_LOGGER)
     if not request_log.handlers:
         handler = TurnBufferedHandler()
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(SecondCachedFormatter(LOG_FORMAT))
         request_log.addHandler(handler)
     request_log.propagate = False
 

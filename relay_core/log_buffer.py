@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 
 class TurnBufferedHandler(logging.StreamHandler):
@@ -45,3 +46,23 @@ class TurnBufferedHandler(logging.StreamHandler):
             if text:
                 self.stream.write(text)
             self.stream.flush()
+
+
+class SecondCachedFormatter(logging.Formatter):
+    """logging.Formatter whose default `asctime` is built once per second, not once per line: `localtime` and
+    `strftime` were a tenth of the request log's cost."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second = -1
+        self._prefix = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._prefix = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        msec_format = self.default_msec_format
+        return msec_format % (self._prefix, record.msecs) if msec_format else self._prefix

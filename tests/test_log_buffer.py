@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 
+from relay_core.log_buffer import SecondCachedFormatter
 from relay_core.log_buffer import TurnBufferedHandler
 
 
@@ -57,3 +58,14 @@ async def test_closing_writes_what_is_waiting() -> None:
     logger.info("last words")
     handler.flush()  # what logging.shutdown() does at exit
     assert stream.getvalue() == "last words\n"
+
+
+def test_the_second_cached_formatter_writes_what_logging_writes() -> None:
+    """Across second boundaries, milliseconds, and an explicit date format."""
+    fmt = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+    cached, plain = SecondCachedFormatter(fmt), logging.Formatter(fmt)
+    record = logging.LogRecord("relay.requests", logging.INFO, __file__, 1, "line %d", (1,), None)
+    for created in (1_764_000_000.0, 1_764_000_000.999, 1_764_000_001.0005, 1_764_000_001.5, 1_700_000_000.25):
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert cached.format(record) == plain.format(record)
+        assert cached.formatTime(record, "%H:%M") == plain.formatTime(record, "%H:%M")

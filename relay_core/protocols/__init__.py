@@ -7,6 +7,7 @@ protocol through `FlowState.protocol`.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 from relay_core.protocols.anthropic.protocol import AnthropicProtocol
@@ -32,12 +33,14 @@ def register(protocol: ApiProtocol) -> None:
     if any(known.name == protocol.name for known in _protocols):
         raise ValueError(f"protocol {protocol.name!r} is already registered")
     _protocols.append(protocol)
+    classify.cache_clear()
 
 
 def default_protocol() -> ApiProtocol:
     return _protocols[0]
 
 
+@functools.lru_cache(maxsize=1024)  # asked once per request; a client's few request lines recur
 def classify(method: str, path: str) -> Classified:
     """The protocol and route of a request line; the query string is ignored (Claude Code sends `?beta=true`)."""
     path = path.split("?", 1)[0]
