@@ -133,3 +133,42 @@ def test_a_16_mib_event_is_metered_in_linear_time() -> None:
     meter.feed(b"")
     assert time.process_time() - started < 0.5
     assert meter.usage.counters() == EXPECTED and meter.saw_message_stop
+
+
+class JsonOnlyMeter(SseUsageMeter):
+    """The meter with every event parsed as JSON: what the plain-delta shortcut must agree with."""
+
+    plain_delta = None
+
+
+DELTA_DATA = [
+    b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi "}}',
+    b'{"type":"content_block_delta","index":12,"delta":{"type":"thinking_delta","thinking":"plan"}}',
+    b'{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\\"a\\": 1"}}',
+    '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Grüße 🚀 你好"}}'.encode(),
+    b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\\nb\\u00e9"}}',
+    b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"\xff\xfe"}}',  # not UTF-8
+    b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"tab\there"}}',  # raw control
+    b'{"type":"content_block_delta","index":01,"delta":{"type":"text_delta","text":"x"}}',  # not JSON
+    b'{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "spaced"}}',
+    b'{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQB"}}',
+    b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","text":"bb"}}',
+    b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""}}',
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(DELTA_DATA) | st.binary(max_size=40).map(lambda b: b'{"type":"content_block_delta"' + b),
+        max_size=20,
+    )
+)
+def test_the_plain_delta_shortcut_counts_what_json_counts(events: list[bytes]) -> None:
+    shortcut = SseUsageMeter.plain_delta
+    assert shortcut is not None and all(shortcut.fullmatch(data) for data in DELTA_DATA[:2] + DELTA_DATA[3:4])
+    stream = b"".join(b"event: content_block_delta\ndata: " + data + b"\n\n" for data in events)
+    fast, parsed = meter_over([stream]), JsonOnlyMeter()
+    parsed.feed(stream)
+    parsed.feed(b"")
+    assert (fast.output_chars, fast.usage, fast.error) == (parsed.output_chars, parsed.usage, parsed.error)

@@ -7,6 +7,7 @@ is parsed as JSON, never compared as bytes. A compressed stream is read through 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
@@ -16,12 +17,21 @@ from relay_core.protocols.anthropic.usage import merge_usage
 from relay_core.usage import TokenUsage
 
 _FRAME_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+# Most of a stream's events: a delta in the API's own compact JSON, whose string holds no escape, quote or
+# control character. Such data means to JSON exactly what this reads, so its length is counted without
+# parsing it; any other shape (whitespace, other keys, escapes) is parsed as JSON as before.
+_PLAIN_DELTA = re.compile(
+    rb'\{"type":"content_block_delta","index":(?:0|[1-9][0-9]*),"delta":\{"type":"[a-z_]+",'
+    rb'"(?:text|partial_json|thinking)":"([^"\\\x00-\x1f]*)"\}\}'
+)
 MAX_PENDING_BYTES = 8 * 1024 * 1024
 
 
 class SseUsageMeter:
     """Feed it every chunk of a stream as it came (still encoded), then `b""` at the end; read `usage`, `model`,
     `error`."""
+
+    plain_delta: re.Pattern[bytes] | None = _PLAIN_DELTA  # a protocol with other events: None
 
     def __init__(self, content_encoding: str = "") -> None:
         self.usage = TokenUsage()
@@ -83,6 +93,12 @@ class SseUsageMeter:
             if not lines:
                 return
             data = b"\n".join(lines)
+        plain_delta = self.plain_delta.fullmatch(data) if self.plain_delta is not None else None
+        if plain_delta is not None:
+            text = plain_delta[1]
+            with contextlib.suppress(UnicodeDecodeError):  # as json.loads refuses it: not an event
+                self.output_chars += len(text) if text.isascii() else len(text.decode())
+            return
         try:
             payload = json.loads(data)
         except ValueError:

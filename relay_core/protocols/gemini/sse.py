@@ -15,6 +15,8 @@ from relay_core.protocols.gemini.usage import usage_from_metadata
 
 
 class GeminiStreamMeter(SseUsageMeter):
+    plain_delta = None  # Anthropic's delta shape: every Gemini event is read through _on_payload
+
     def _on_payload(self, payload: Any) -> None:
         if isinstance(payload, list) and payload:  # errors often come wrapped in an array
             payload = payload[0]
