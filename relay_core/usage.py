@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from dataclasses import fields
+from operator import attrgetter
 from typing import Any
 
 
@@ -36,7 +37,12 @@ class TokenUsage:
         }
 
     def counters(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return dict(zip(COUNTER_NAMES, _counter_values(self), strict=True))
 
     def is_empty(self) -> bool:
-        return not any(self.counters().values())
+        return not any(_counter_values(self))
+
+
+# Read on every request (dataclasses.fields() walks the class each time it is asked).
+COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TokenUsage))
+_counter_values = attrgetter(*COUNTER_NAMES)
