@@ -35,6 +35,17 @@ def pending_state(flow: http.HTTPFlow) -> FlowState | None:
     return state_of(flow)
 
 
+def header_map(headers: http.Headers) -> dict[str, str]:
+    """The headers as a dict with lowercase names, each value what `headers[name]` gives (repeats joined with
+    ", "): for rules that read many of them, as each read of mitmproxy's `Headers` walks every field."""
+    found: dict[str, str] = {}
+    for raw_name, raw_value in headers.fields:
+        name = raw_name.decode("utf-8", "surrogateescape").lower()
+        value = raw_value.decode("utf-8", "surrogateescape")
+        found[name] = f"{found[name]}, {value}" if name in found else value
+    return found
+
+
 def refuse(flow: http.HTTPFlow, error: RelayError) -> None:
     """Answer the flow locally with an error in its protocol's shape; nothing goes upstream."""
     state = state_of(flow)

@@ -18,6 +18,7 @@ import time
 
 from mitmproxy import http
 
+from addons.common import header_map
 from addons.common import state_of
 from addons.recorder import answered_usage
 from addons.recorder import broken_usage
@@ -102,7 +103,7 @@ class Failover:
             status, body = state.opening.status, state.opening.error_body
         state.outcome = state.protocol.judge_answer(
             status,
-            response.headers,
+            header_map(response.headers),
             body,
             state.account.kind,
             runtime.settings.health_rules,
@@ -124,7 +125,7 @@ class Failover:
         if state.outcome is None:
             state.outcome = state.protocol.judge_answer(
                 response.status_code,
-                response.headers,
+                header_map(response.headers),
                 body,
                 state.account.kind,
                 runtime.settings.health_rules,

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from mitmproxy import http
 from mitmproxy.test import taddons
 
+from addons.common import header_map
 from addons.failover import Failover
 from addons.recorder import Recorder
 from addons.relay_chain import RelayChain
@@ -209,3 +211,22 @@ async def test_an_attempt_with_no_other_account_goes_on_to_today_s_answers(runti
         await runtime.drain()
     assert flow.response.status_code == 500  # a single account's 5xx reaches the client as it came
     assert (await health_of(runtime, only)).fail_streak == 1
+
+
+def test_the_header_map_reads_what_mitmproxy_headers_read() -> None:
+    """Failover judges an answer from `header_map`: every name gives what `headers[name]` gives."""
+    headers = http.Headers(
+        [
+            (b"Anthropic-Ratelimit-Unified-Status", b"allowed"),
+            (b"anthropic-ratelimit-unified-reset", b"1764000000"),
+            (b"X-Repeated", b"a"),
+            (b"x-repeated", b"b"),
+            (b"X-Text", "Grüße".encode()),
+            (b"X-Bytes", b"\xff\xfe"),
+            (b"Retry-After", b""),
+        ]
+    )
+    found = header_map(headers)
+    assert set(found) == {name.lower() for name in headers}
+    assert all(found[name.lower()] == headers[name] for name in headers)
+    assert found["x-repeated"] == "a, b"
