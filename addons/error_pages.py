@@ -25,6 +25,7 @@ from mitmproxy.proxy import commands
 from mitmproxy.proxy import layer
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._events import HttpEvent
+from mitmproxy.proxy.layers.http._events import ResponseData
 from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
 from relay_core.errors import RelayError
@@ -79,11 +80,26 @@ _original_send = _http1.Http1Server.send
 
 def send_ending_streams_cleanly(self: _http1.Http1Server, event: HttpEvent) -> layer.CommandGenerator[None]:
     """Http1Server.send, except that a stream cut by the upstream ends with an SSE error event, and an
-    upstream the relay gave up on is answered with the timeout's error. Every other event (each chunk of
-    every answer) gets mitmproxy's own generator, not one wrapped in this one."""
+    upstream the relay gave up on is answered with the timeout's error. A chunk of an answer is framed as
+    mitmproxy frames it, with the answer's transfer-encoding read once (mitmproxy reads it again for each
+    chunk, a walk of every header); every other event gets mitmproxy's own generator."""
+    if type(event) is ResponseData:
+        return _send_chunk(self, event)
     if not isinstance(event, ResponseProtocolError):
         return _original_send(self, event)
     return _send_protocol_error(self, event)
+
+
+def _send_chunk(self: _http1.Http1Server, event: ResponseData) -> layer.CommandGenerator[None]:
+    response = self.response
+    assert response is not None
+    framing: tuple[http.Response, bool] | None = getattr(self, "_relay_chunked", None)
+    if framing is None or framing[0] is not response:
+        framing = (response, "chunked" in response.headers.get("transfer-encoding", "").lower())
+        self._relay_chunked = framing  # type: ignore[attr-defined]  # the server layer's own, for its answer
+    raw = b"%x\r\n%s\r\n" % (len(event.data), event.data) if framing[1] else event.data
+    if raw:
+        yield commands.SendData(self.conn, raw)
 
 
 def _send_protocol_error(self: _http1.Http1Server, event: ResponseProtocolError) -> layer.CommandGenerator[None]:

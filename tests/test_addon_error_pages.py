@@ -16,11 +16,13 @@ from mitmproxy.proxy import events
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._events import ErrorCode
+from mitmproxy.proxy.layers.http._events import ResponseData
 from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 
 from addons.error_pages import ErrorPages
+from addons.error_pages import _original_send
 from addons.error_pages import gave_up
 from relay_core.timeouts import first_byte_timeout
 from relay_core.timeouts import stream_idle_timeout
@@ -141,3 +143,23 @@ def test_a_buffered_answer_cut_midway_just_closes_the_connection() -> None:
     layer = client_layer(http.Response.make(200, b"", {"content-type": "application/json", "content-length": "900"}))
     cmds = list(layer.send(ResponseProtocolError(1, "peer closed", ErrorCode.GENERIC_SERVER_ERROR)))
     assert written(cmds) == b""
+
+
+def test_answer_chunks_are_framed_as_mitmproxy_frames_them() -> None:
+    """The patched send reads an answer's transfer-encoding once; each chunk's bytes are what mitmproxy's own
+    send writes, also when the layer goes on to the next answer of a kept-alive connection."""
+    patched = client_layer()
+    for transfer_encoding in ("chunked", None, "gzip, Chunked", "identity"):
+        headers = {"content-type": "text/event-stream"}
+        if transfer_encoding is not None:
+            headers["transfer-encoding"] = transfer_encoding
+        patched.response = http.Response.make(200, b"", headers)
+        reference = client_layer(patched.response)
+        for chunk in (b"event: ping\ndata: {}\n\n", b"", b"x" * 70000):
+            event = ResponseData(1, chunk)
+            ours = [(type(cmd), cmd.data) for cmd in patched.send(event) if isinstance(cmd, commands.SendData)]
+            theirs = [
+                (type(cmd), cmd.data) for cmd in _original_send(reference, event) if isinstance(cmd, commands.SendData)
+            ]
+            assert ours == theirs, (transfer_encoding, chunk[:20])
+        assert (b"%x\r\n" % 70000 in ours[0][1]) == ("chunked" in (transfer_encoding or "").lower())
