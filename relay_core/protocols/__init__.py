@@ -33,17 +33,20 @@ def register(protocol: ApiProtocol) -> None:
     if any(known.name == protocol.name for known in _protocols):
         raise ValueError(f"protocol {protocol.name!r} is already registered")
     _protocols.append(protocol)
-    classify.cache_clear()
+    _classify_path.cache_clear()
 
 
 def default_protocol() -> ApiProtocol:
     return _protocols[0]
 
 
-@functools.lru_cache(maxsize=1024)  # asked once per request; a client's few request lines recur
 def classify(method: str, path: str) -> Classified:
     """The protocol and route of a request line; the query string is ignored (Claude Code sends `?beta=true`)."""
-    path = path.split("?", 1)[0]
+    return _classify_path(method, path.split("?", 1)[0])
+
+
+@functools.lru_cache(maxsize=1024)  # asked once per request; a client's few paths recur (never a query: a key)
+def _classify_path(method: str, path: str) -> Classified:
     if is_ambiguous_path(path):
         return Classified(_protocols[0], Route.BAD_PATH)
     path = path.rstrip("/") or "/"
