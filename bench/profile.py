@@ -1,8 +1,10 @@
-"""Profile the relay's hot path: `python -m bench.profile [--seconds N] [--stream]` (needs py-spy).
+"""Profile the relay's hot path: `python -m bench.profile [--seconds N] [--stream] [--bare]` (needs py-spy).
 
 Starts the benchmark's stack, drives closed-loop load through the relay and samples the relay
 process with py-spy meanwhile; prints the functions with the most samples, inclusive and self.
-The raw collapsed stacks stay under bench/results/ for a flame graph (e.g. speedscope.app).
+`--bare` does the same to the bare proxy core (bench/bare_proxy.py), the floor under the relay: two
+profiles subtract per request (a share times the CPU per request). The raw collapsed stacks stay
+under bench/results/ for a flame graph (e.g. speedscope.app).
 """
 
 from __future__ import annotations
@@ -61,27 +63,26 @@ async def sample(
 ) -> str:
     """Closed-loop load on the proxy at `port` while py-spy samples process `pid`."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if True:
-        relay = Target.make("relay", port, team_key)
-        conns = await open_conns(relay.port, concurrency)
-        raw = relay.stream if stream else relay.plain
-        await closed_loop(conns, raw, 1.0)  # warm up
-        RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"profile-{prefix}{'stream' if stream else 'plain'}.txt"
-        command = [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds))]
-        spy = subprocess.Popen(
-            [*command, "--rate", "100", "--format", "raw", "--output", str(out)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        tally = await closed_loop(conns, raw, seconds)
-        _, err = await asyncio.to_thread(spy.communicate)
-        for conn in conns:
-            conn.close()
-        if spy.returncode != 0 or not out.exists():
-            raise RuntimeError(f"py-spy failed: {err.decode()}")
-        rate = f"{tally.per_second:.0f} {'streams' if stream else 'requests'}/s at {concurrency} while sampled"
-        return rate + "\n" + summarize(out, top)
+    proxy = Target.make("proxy", port, team_key)
+    conns = await open_conns(proxy.port, concurrency)
+    raw = proxy.stream if stream else proxy.plain
+    await closed_loop(conns, raw, 1.0)  # warm up
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"profile-{prefix}{'stream' if stream else 'plain'}.txt"
+    command = [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds))]
+    spy = subprocess.Popen(
+        [*command, "--rate", "100", "--format", "raw", "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    tally = await closed_loop(conns, raw, seconds)
+    _, err = await asyncio.to_thread(spy.communicate)
+    for conn in conns:
+        conn.close()
+    if spy.returncode != 0 or not out.exists():
+        raise RuntimeError(f"py-spy failed: {err.decode()}")
+    rate = f"{tally.per_second:.0f} {'streams' if stream else 'requests'}/s at {concurrency} while sampled"
+    return rate + "\n" + summarize(out, top)
 
 
 def main(argv: list[str] | None = None) -> None:
