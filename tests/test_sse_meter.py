@@ -148,6 +148,7 @@ DELTA_DATA = [
     '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Grüße 🚀 你好"}}'.encode(),
     b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\\nb\\u00e9"}}',
     b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"\xff\xfe"}}',  # not UTF-8
+    b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\xed\xa0\x80b"}}',  # a surrogate
     b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"tab\there"}}',  # raw control
     b'{"type":"content_block_delta","index":01,"delta":{"type":"text_delta","text":"x"}}',  # not JSON
     b'{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "spaced"}}',

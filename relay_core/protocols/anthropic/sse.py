@@ -96,8 +96,9 @@ class SseUsageMeter:
         plain_delta = self.plain_delta.fullmatch(data) if self.plain_delta is not None else None
         if plain_delta is not None:
             text = plain_delta[1]
-            with contextlib.suppress(UnicodeDecodeError):  # as json.loads refuses it: not an event
-                self.output_chars += len(text) if text.isascii() else len(text.decode())
+            # Decoded as json.loads decodes bytes (surrogates let through); what it refuses is no event.
+            with contextlib.suppress(UnicodeDecodeError):
+                self.output_chars += len(text) if text.isascii() else len(text.decode("utf-8", "surrogatepass"))
             return
         try:
             payload = json.loads(data)
