@@ -20,6 +20,7 @@ from pathlib import Path
 from bench.load import Target
 from bench.load import closed_loop
 from bench.load import open_conns
+from bench.scenarios import cpu_seconds
 from bench.stack import bare_proxy
 from bench.stack import running_stack
 
@@ -75,13 +76,16 @@ async def sample(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    cpu_before = cpu_seconds(pid)
     tally = await closed_loop(conns, raw, seconds)
+    cpu_ms = (cpu_seconds(pid) - cpu_before) / tally.ok * 1000 if tally.ok else float("nan")
     _, err = await asyncio.to_thread(spy.communicate)
     for conn in conns:
         conn.close()
     if spy.returncode != 0 or not out.exists():
         raise RuntimeError(f"py-spy failed: {err.decode()}")
-    rate = f"{tally.per_second:.0f} {'streams' if stream else 'requests'}/s at {concurrency} while sampled"
+    kind = "stream" if stream else "request"
+    rate = f"{tally.per_second:.0f} {kind}s/s at {concurrency} while sampled, {cpu_ms:.3f} CPU-ms per {kind}"
     return rate + "\n" + summarize(out, top)
 
 

@@ -417,7 +417,8 @@ class Scenarios:
             Row("g. relay's own addons, serial p50 (ms)", None, p50[self.relay.name] - p50[bare.name]),
             Row(f"g. bare proxy core requests/s @{n}", d, plain, "ratio"),
             Row(f"g. relay / bare proxy core requests/s @{n}", None, relay / plain if plain else float("nan")),
-            # The core alone, which buffers the answer and meters nothing: the most a relay process can stream here.
+            # The core alone, streaming each event on as it comes but metering nothing: the most a relay process
+            # can stream here.
             Row(f"g. bare proxy core SSE events/s @{n}", None, bare_events),
             Row(
                 f"g. relay / bare proxy core SSE events/s @{n}",
