@@ -8,6 +8,7 @@ import time
 from mitmproxy import http
 
 from addons.common import fail_closed
+from addons.common import header_map
 from addons.common import pending_state
 from addons.relay_runtime import RelayRuntime
 from relay_core.clients import claude_code_headers
@@ -32,12 +33,13 @@ class Auth:
         state = pending_state(flow)
         if state is None or not state.route.is_relayed:
             return
-        key = state.protocol.presented_key(flow.request.headers, flow.request.path)
+        headers = header_map(flow.request.headers)  # read once: each read of mitmproxy's Headers walks them all
+        key = state.protocol.presented_key(headers, flow.request.path)
         if key is None:
             raise unauthenticated(f"No team key given. {state.protocol.key_hint}")
         runtime = self.shared.current()
         try:
-            state.session = session_from_headers(flow.request.headers)
+            state.session = session_from_headers(headers)
             now = time.time()
             now_periods = periods(now, runtime.store.zone)
             admission = await runtime.store.admit(
@@ -46,7 +48,7 @@ class Auth:
                 runtime.settings.lease_ttl_ms,
                 state.session,
                 now_periods,
-                claude_code_headers(flow.request.headers),
+                claude_code_headers(headers),
             )
         except StoreError as exc:
             logger.error("store unavailable during admission: %s", exc)

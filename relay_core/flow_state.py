@@ -22,7 +22,7 @@ from relay_core.records import UsageRecord
 METADATA_KEY = "relay"
 
 
-@dataclass
+@dataclass(slots=True)  # slots: its fields are read and set a few hundred times per request
 class FlowState:
     """Set by the addons in chain order; `request_id` also names this request's lease and lock tokens."""
 

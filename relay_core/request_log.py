@@ -43,6 +43,7 @@ def request_fields(state: FlowState, status: int, error: str | None) -> dict[str
 # A text value is printed bare only when it cannot start another field or line; else JSON-quoted, which
 # escapes control characters (a model name with "\n" must not forge a request line) and non-ASCII.
 _BARE = re.compile(r"[A-Za-z0-9._:/@+\-\[\]]+")
+_PLAIN_TYPES = frozenset({int, float, bool})  # their str() is always bare: digits, ".", "-", "e", "inf", "True"
 
 
 def format_line(fields: dict[str, Any], style: str) -> str:
@@ -52,5 +53,7 @@ def format_line(fields: dict[str, Any], style: str) -> str:
 
 
 def _text_value(value: Any) -> str:
+    if type(value) in _PLAIN_TYPES:
+        return str(value)
     text = str(value)
     return text if _BARE.fullmatch(text) else json.dumps(text)

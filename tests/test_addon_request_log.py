@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.test import taddons
@@ -24,7 +26,9 @@ from relay_core.flow_state import METADATA_KEY
 from relay_core.flow_state import FlowState
 from relay_core.protocols.anthropic.protocol import AnthropicProtocol
 from relay_core.protocols.anthropic.routes import AnthropicRoute
+from relay_core.request_log import _BARE
 from relay_core.request_log import REQUEST_LOGGER
+from relay_core.request_log import format_line
 from relay_core.routes import Route
 from relay_core.runtime import Runtime
 from tests.support.fake_upstream import OPUS_EXAMPLE_COST
@@ -149,3 +153,11 @@ async def test_an_answer_cannot_forge_a_log_line(runtime: Runtime, caplog: pytes
     [line] = logged(caplog)
     assert "\n" not in line and line.startswith(f"request_id={state(flow).request_id} ")
     assert "key=alice" in line and "model=" + json.dumps(forged) in line  # quoted: one field, not a new line
+
+
+@given(st.one_of(st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.booleans()))
+def test_a_number_is_printed_bare_as_the_pattern_would_have_it(value: int | float | bool) -> None:
+    """Numbers skip the pattern: their text always matches it, so the line is what the pattern made of it."""
+    text = str(value)
+    assert _BARE.fullmatch(text)
+    assert format_line({"n": value}, "text") == f"n={text}"
