@@ -75,6 +75,20 @@ def test_a_store_that_does_not_answer_in_time_is_never_started_twice(data_dir: P
     assert redis.Redis(unix_socket_path=str(socket_path(data_dir))).ping()
 
 
+def test_a_store_replaying_its_file_is_waited_for_before_the_first_command(data_dir: Path) -> None:
+    """A restarted store answers LOADING while it reads its data back; the CLI's command must not see that."""
+    ensure_embedded_store(data_dir)
+    client = redis.Redis(unix_socket_path=str(socket_path(data_dir)))
+    keys = 600_000  # several hundred ms of replay: longer than the store takes to open its socket
+    client.eval("for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'k' .. i, i) end", 0, keys)
+    client.close()
+    assert stop_embedded_store(data_dir)
+
+    client = redis.Redis.from_url(ensure_embedded_store(data_dir))
+    assert client.dbsize() == keys  # raised BusyLoadingError while the file was replayed
+    client.close()
+
+
 def test_a_store_on_a_full_disk_is_never_taken_for_a_stopped_one(data_dir: Path) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(data_dir)], check=True)
     try:

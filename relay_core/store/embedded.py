@@ -44,17 +44,33 @@ def socket_path(data_dir: Path) -> Path:
     return store_dir(data_dir) / SOCKET_NAME
 
 
-def _replies(path: Path, timeout: float = 1.0) -> bool:
-    """Any RESP reply means a server owns the socket: PONG, and also errors such as MISCONF (disk full),
-    LOADING or BUSY, which say "running, but not well", never "start another"."""
+def _ping(path: Path, timeout: float = 1.0) -> bytes | None:
+    """The server's first reply bytes to PING on the socket, or None when nobody answers."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(path))
             sock.sendall(b"PING\r\n")
-            return sock.recv(64)[:1] in (b"+", b"-")
+            return sock.recv(64)
     except OSError:
-        return False
+        return None
+
+
+def _replies(path: Path, timeout: float = 1.0) -> bool:
+    """Any RESP reply means a server owns the socket: PONG, and also errors such as MISCONF (disk full),
+    LOADING or BUSY, which say "running, but not well", never "start another"."""
+    reply = _ping(path, timeout)
+    return reply is not None and reply[:1] in (b"+", b"-")
+
+
+def _wait_loaded(path: Path, deadline: float) -> None:
+    """Wait while the server replays its append-only file: until then it answers every command with
+    LOADING, and a CLI command run right after the start would fail on it."""
+    while time.monotonic() < deadline:
+        reply = _ping(path)
+        if reply is None or not reply.startswith(b"-LOADING"):
+            return
+        time.sleep(0.05)
 
 
 def server_pid(data_dir: Path) -> int | None:
@@ -107,6 +123,7 @@ def ensure_embedded_store(data_dir: Path, timeout: float = 10.0) -> str:
     uses the store for a while holds a StoreLease, which calls this."""
     url = _url(data_dir)
     if is_running(data_dir):
+        _wait_loaded(socket_path(data_dir), time.monotonic() + timeout)
         return url
     with _start_lock(data_dir):
         return _start_locked(data_dir, timeout)
@@ -117,6 +134,7 @@ def _start_locked(data_dir: Path, timeout: float) -> str:
     url = _url(data_dir)
     directory = store_dir(data_dir)
     if is_running(data_dir):
+        _wait_loaded(path, time.monotonic() + timeout)
         return url
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -144,6 +162,7 @@ def _start_locked(data_dir: Path, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _replies(path):
+            _wait_loaded(path, deadline)
             return url
         time.sleep(0.05)
     raise EmbeddedStoreError(f"embedded Valkey did not answer on {path}; see {directory / 'valkey.log'}")
