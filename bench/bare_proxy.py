@@ -1,7 +1,7 @@
-"""The floor under every relay figure: `relay serve`'s proxy core (same master, built-in addons, event
-loop and options) reverse-proxying to the fake upstream with no addon of ours. It passes an event stream
-on chunk by chunk as the relay must (mitmproxy alone would buffer the whole answer first), so its SSE
-figures are the floor of a streaming proxy, not of a buffering one.
+"""The floor under every relay figure: `relay serve`'s proxy core (the same master, cli/lean_master.py, the
+same built-in addons, event loop and options) reverse-proxying to the fake upstream with no addon of ours.
+It passes an event stream on chunk by chunk as the relay must (mitmproxy alone would buffer the whole
+answer first), so its SSE figures are the floor of a streaming proxy, not of a buffering one.
 
 `python -m bench.bare_proxy UPSTREAM_URL` prints `bare proxy listening at HOST:PORT` once it listens.
 """
@@ -19,8 +19,8 @@ from mitmproxy.addons import core
 from mitmproxy.addons import next_layer
 from mitmproxy.addons import proxyserver
 from mitmproxy.addons import tlsconfig
-from mitmproxy.master import Master
 
+from cli.lean_master import LeanMaster
 from cli.serve import loop_factory
 
 
@@ -39,7 +39,7 @@ class BareCoreHooks:
 
 
 async def run(upstream_url: str) -> None:
-    master = Master(options.Options())
+    master = LeanMaster(options.Options())
     master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig())
     master.addons.add(BareCoreHooks())
     master.options.update(mode=[f"reverse:{upstream_url}@127.0.0.1:0"], connection_strategy="lazy")

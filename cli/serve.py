@@ -31,13 +31,13 @@ from mitmproxy.addons import core
 from mitmproxy.addons import next_layer
 from mitmproxy.addons import proxyserver
 from mitmproxy.addons import tlsconfig
-from mitmproxy.master import Master
 from mitmproxy.proxy import mode_servers
 
 from addons.bundle import relay_chain
 from cli.ca import ensure_ca
 from cli.context import CliContext
 from cli.context import pass_cli_context
+from cli.lean_master import LeanMaster
 from cli.workers import Supervisor
 from relay_core.listener import ListenerError
 from relay_core.listener import bind_listener
@@ -61,7 +61,7 @@ async def run_proxy(runtime: Runtime, sockets: list[socket.socket], forward: lis
     settings = runtime.settings
     forward = forward or []
     accept_on(sockets, forward)
-    master = Master(options.Options())
+    master = LeanMaster(options.Options())
     master.addons.add(core.Core(), proxyserver.Proxyserver(), tlsconfig.TlsConfig())
     master.addons.add(relay_chain(runtime, warn_plain_http=False))
     master.addons.add(next_layer.NextLayer())  # after ForwardProxy, which picks the layers inside a tunnel itself
