@@ -28,6 +28,7 @@ SOCKET_NAME = "valkey.sock"
 PID_NAME = "valkey.pid"
 LEASES_NAME = "users"
 MAX_SOCKET_PATH = 100
+LOADING_PROBE_S = 0.25
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +66,10 @@ def _replies(path: Path, timeout: float = 1.0) -> bool:
 
 def _wait_loaded(path: Path, deadline: float) -> None:
     """Wait while the server replays its append-only file: until then it answers every command with
-    LOADING, and a CLI command run right after the start would fail on it."""
+    LOADING, and a CLI command run right after the start would fail on it. A loading server answers at
+    once; one that does not answer soon (stopped, busy) is not waited for here."""
     while time.monotonic() < deadline:
-        reply = _ping(path)
+        reply = _ping(path, timeout=LOADING_PROBE_S)
         if reply is None or not reply.startswith(b"-LOADING"):
             return
         time.sleep(0.05)
