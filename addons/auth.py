@@ -37,6 +37,8 @@ class Auth:
         key = state.protocol.presented_key(headers, flow.request.path)
         if key is None:
             raise unauthenticated(f"No team key given. {state.protocol.key_hint}")
+        dropped = state.protocol.is_dropped
+        state.client_headers = {name: value for name, value in headers.items() if not dropped(name)}
         runtime = self.shared.current()
         try:
             state.session = session_from_headers(headers)
@@ -48,7 +50,7 @@ class Auth:
                 runtime.settings.lease_ttl_ms,
                 state.session,
                 now_periods,
-                claude_code_headers(headers),
+                claude_code_headers(state.client_headers),
             )
         except StoreError as exc:
             logger.error("store unavailable during admission: %s", exc)

@@ -46,6 +46,15 @@ def header_map(headers: http.Headers) -> dict[str, str]:
     return found
 
 
+def set_headers(headers: http.Headers, values: dict[str, str]) -> None:
+    """`headers.update(values)` in one pass: each set on mitmproxy's `Headers` walks and rebuilds every field.
+    The fields set come last, each once, whatever case or repeats the names had before."""
+    replaced = {name.lower() for name in values}
+    kept = [field for field in headers.fields if field[0].decode("latin-1").lower() not in replaced]
+    added = [(name.encode(), value.encode("utf-8", "surrogateescape")) for name, value in values.items()]
+    headers.fields = (*kept, *added)
+
+
 def refuse(flow: http.HTTPFlow, error: RelayError) -> None:
     """Answer the flow locally with an error in its protocol's shape; nothing goes upstream."""
     state = state_of(flow)

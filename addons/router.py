@@ -15,6 +15,7 @@ from mitmproxy.net.server_spec import ServerSpec
 
 from addons.common import fail_closed
 from addons.common import pending_state
+from addons.common import set_headers
 from addons.relay_runtime import RelayRuntime
 from relay_core.account_caps import caps_refused
 from relay_core.account_caps import take_account_slot
@@ -165,7 +166,7 @@ class Router:
                 body = state.message.body
                 if state.key.limits.budgets_nanousd:
                     await self._reserve(state, runtime, len(flow.request.raw_content or b""))
-        state.claude_code = is_claude_code(flow.request.headers, body)
+        state.claude_code = is_claude_code(state.client_headers, body)
         if state.key.limits.claude_code_only and not state.claude_code:
             raise claude_code_only_refused(state.key)
         if state.session is None and body is not None and state.message is not None:
@@ -179,8 +180,7 @@ class Router:
         protocol = state.protocol
         account, secret = await self._account_and_secret(state, runtime)
 
-        headers = flow.request.headers
-        headers.update(protocol.upstream_headers(account, secret, headers, settings))
+        set_headers(flow.request.headers, protocol.upstream_headers(account, secret, state.client_headers, settings))
         assert state.client_request is not None
         client_body = state.client_request[2]
         if client_body is not None:  # a protocol may send each account a body of its own (Code Assist: its project)

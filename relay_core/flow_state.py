@@ -36,6 +36,9 @@ class FlowState:
     key_name: str | None = None
     accounts: list[Account] = field(default_factory=list)
     health: dict[str, AccountHealth] = field(default_factory=dict)
+    # the client's headers as Auth read them once (lowercase names, repeats joined), without the ones the
+    # protocol drops (its credentials among them): what later rules read instead of walking mitmproxy's Headers
+    client_headers: dict[str, str] = field(default_factory=dict)
     session: str | None = None
     sticky: str | None = None  # the account the session was bound to
     account: Account | None = None

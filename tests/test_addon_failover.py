@@ -14,6 +14,7 @@ from mitmproxy import http
 from mitmproxy.test import taddons
 
 from addons.common import header_map
+from addons.common import set_headers
 from addons.failover import Failover
 from addons.recorder import Recorder
 from addons.relay_chain import RelayChain
@@ -230,3 +231,21 @@ def test_the_header_map_reads_what_mitmproxy_headers_read() -> None:
     assert set(found) == {name.lower() for name in headers}
     assert all(found[name.lower()] == headers[name] for name in headers)
     assert found["x-repeated"] == "a, b"
+
+
+def test_set_headers_sets_what_mitmproxy_headers_update_sets() -> None:
+    """The Router sets the account's headers in one pass: the result reads as `Headers.update` leaves it."""
+    fields = [
+        (b"Authorization", b"Bearer client"),
+        (b"X-Trace", b"1"),
+        (b"ANTHROPIC-BETA", b"a"),
+        (b"anthropic-beta", b"b"),
+        (b"X-Text", "Grüße".encode()),
+    ]
+    values = {"authorization": "Bearer account", "anthropic-beta": "a,b,oauth", "accept-encoding": "identity"}
+    ours, theirs = http.Headers(fields), http.Headers(fields)
+    set_headers(ours, values)
+    theirs.update(values)
+    assert header_map(ours) == header_map(theirs)
+    assert len(ours.fields) == len(theirs.fields) == 5
+    assert [value for name, value in ours.fields if name == b"X-Trace"] == [b"1"]

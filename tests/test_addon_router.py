@@ -86,6 +86,7 @@ async def test_a_console_account_gets_its_api_key_and_the_client_credential_neve
     assert (flow.request.scheme, flow.request.host, flow.request.port) == ("http", upstream.host, upstream.port)
     assert flow.request.path == "/v1/messages"
     assert state(flow).routed and account_of(flow) == account.id
+    assert secret not in repr(state(flow))  # the client's headers it keeps hold no credential
 
 
 async def test_dropped_headers_go_whatever_their_case_and_count_and_the_rest_stay_in_order(runtime: Runtime) -> None:

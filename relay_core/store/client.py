@@ -86,7 +86,7 @@ class StoreClient(KeyNames):
         self._batch = (
             None
             if isinstance(self.redis, RedisCluster)
-            else ScriptBatcher(self.redis, self._take_slot, self._slots.release)
+            else ScriptBatcher(self.redis, self._take_slot, self._slots.release, self.timeout_s)
         )
 
     async def close(self) -> None:

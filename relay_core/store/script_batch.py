@@ -10,7 +10,8 @@ script stays atomic on its own, and a script error answers only its own call.
 
 A call is never sent twice: a pooled connection the server closed (a restart) is replaced before the
 batch is written, and a connection that fails while the batch is written or read fails every call of
-the batch still unanswered with StoreError (fail closed, as a lost answer always did) and is dropped.
+the batch still unanswered with StoreError (fail closed, as a lost answer always did) and is dropped;
+so does a batch that is not answered within the store timeout, which bounds the batch as a whole.
 (redis-py's own path checks a pooled connection only when its maintenance notifications are off, and
 otherwise relies on sending the command again.) Only for a single server: on a Redis Cluster the calls
 keep redis-py's routed path (StoreClient._run).
@@ -19,6 +20,7 @@ keep redis-py's routed path (StoreClient._run).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import Any
@@ -45,8 +47,15 @@ class _Call:
 class ScriptBatcher:
     """The script calls (EVALSHA, SCRIPT LOAD) of one loop turn, written together on one connection."""
 
-    def __init__(self, redis: aioredis.Redis, take_slot: Callable[[], Awaitable[None]], free_slot: Callable[[], None]):
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        take_slot: Callable[[], Awaitable[None]],
+        free_slot: Callable[[], None],
+        timeout_s: float,
+    ):
         self._pool = redis.connection_pool
+        self._timeout_s = timeout_s  # the store timeout, for the batch as a whole
         self._take_slot = take_slot  # StoreClient's connection slots: a batch holds one while it runs
         self._free_slot = free_slot
         self._pending: list[_Call] = []
@@ -86,20 +95,14 @@ class ScriptBatcher:
         try:
             connection = self._idle.pop() if self._idle else await self._pool.get_connection()
             try:
-                if await connection.can_read():  # closed by the server (restarted) or dirty: a fresh one
-                    await connection.disconnect()
-                    await connection.connect()
-                await connection.send_packed_command(b"".join(call.packed for call in calls))
-                for answered, call in enumerate(calls):
-                    try:
-                        reply: Any = await connection.read_response()
-                    except ResponseError as error:  # the script's own error: the connection stays in step
-                        reply = error
-                    except BaseException as exc:
-                        _fail(calls[answered:], exc)
-                        raise
-                    _deliver(call.future, reply)
-            except BaseException:
+                # One deadline for the whole batch instead of redis-py's own per read, which costs each
+                # answer a timeout context and the server's address formatted for its message.
+                async with asyncio.timeout(self._timeout_s):
+                    await self._exchange(connection, calls)
+            except BaseException as exc:  # calls still unanswered fail; the connection may be out of step
+                if isinstance(exc, TimeoutError):
+                    exc = TimeoutError(f"the store did not answer within {self._timeout_s:g} s")
+                _fail(calls, exc)
                 await connection.disconnect()
                 await self._pool.release(connection)
                 raise
@@ -111,6 +114,20 @@ class ScriptBatcher:
             _fail(calls, exc)
         finally:
             self._free_slot()
+
+    @staticmethod
+    async def _exchange(connection: AbstractConnection, calls: list[_Call]) -> None:
+        """Writes the batch and delivers each answer in order as it is read."""
+        if await connection.can_read():  # closed by the server (restarted) or dirty: a fresh one
+            await connection.disconnect()
+            await connection.connect()
+        await connection.send_packed_command(b"".join(call.packed for call in calls))
+        for call in calls:
+            try:
+                reply: Any = await connection.read_response(timeout=math.inf)  # inf: the batch's deadline only
+            except ResponseError as error:  # the script's own error: the connection stays in step
+                reply = error
+            _deliver(call.future, reply)
 
 
 def _deliver(future: asyncio.Future[Any], reply: Any) -> None:
